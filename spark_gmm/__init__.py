@@ -1,0 +1,31 @@
+"""spark_gmm: Gaussian-mixture clustering fitted by distributed EM on Apache Spark.
+
+``GaussianMixture`` is a drop-in for ``pyspark.ml.clustering.GaussianMixture`` with
+scikit-learn's numerics (log-space E-step, Cholesky of the precision, ``regCovar``, four
+covariance types, restarts sharing data passes).
+"""
+
+from spark_gmm.em import ConvergenceWarning
+from spark_gmm.errors import (
+    ComponentCollapseError,
+    ComponentNotPositiveDefiniteError,
+    GaussianMixtureError,
+    InvalidInputError,
+)
+from spark_gmm.estimator import GaussianMixture, GaussianMixtureModel, GaussianMixtureSummary
+from spark_gmm.session import build_session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ComponentCollapseError",
+    "ComponentNotPositiveDefiniteError",
+    "ConvergenceWarning",
+    "GaussianMixture",
+    "GaussianMixtureError",
+    "GaussianMixtureModel",
+    "GaussianMixtureSummary",
+    "InvalidInputError",
+    "__version__",
+    "build_session",
+]

@@ -1,0 +1,285 @@
+"""Input columns → validated float64 row blocks.
+
+Two halves:
+
+* driver side, :func:`resolve_features`: checks the schema (column exists, numeric type,
+  vector size) and returns the Spark column expressions to read, before any job runs;
+* executor side, :func:`pack_batches`: turns each Arrow batch of those columns into one
+  block (row-major float64 bytes), counting invalid values (null, NaN, ±Inf, wrong vector
+  length, negative or missing weight) per input column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
+
+from spark_gmm.errors import InvalidInputError
+
+__all__ = ["FeatureSpec", "pack_batches", "resolve_features", "PACKED_SCHEMA_DDL"]
+
+# One row per block. ``bad`` holds an int64 count per entry of FeatureSpec.problem_labels.
+PACKED_SCHEMA_DDL = "n long, x binary, w binary, bad binary, n_bad long"
+_PACKED_ARROW_SCHEMA = pa.schema(
+    [("n", pa.int64()), ("x", pa.binary()), ("w", pa.binary()), ("bad", pa.binary()),
+     ("n_bad", pa.int64())]
+)
+
+FEATURE_PREFIX = "_gmm_f"
+WEIGHT_ALIAS = "_gmm_w"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How the features (and weight) are read from the input.
+
+    Attributes
+    ----------
+    n_features : int
+    source : str
+        ``"columns"`` (one numeric column per feature, from ``inputCols``) or
+        ``"vector"`` (one vector/array column, from ``featuresCol``).
+    names : list of str
+        Input column names: the ``inputCols``, or ``[featuresCol]``.
+    weight_col : str or None
+    """
+
+    n_features: int
+    source: str
+    names: list[str]
+    weight_col: str | None = None
+    problem_labels: list[str] = field(default_factory=list)
+
+    @property
+    def has_weight(self) -> bool:
+        return self.weight_col is not None
+
+
+def _problem_labels(source: str, names: list[str], weight_col: str | None) -> list[str]:
+    if source == "columns":
+        labels = [f"column '{c}': null, NaN or infinite values" for c in names]
+    else:
+        c = names[0]
+        labels = [
+            f"column '{c}': null vectors",
+            f"column '{c}': vectors with NaN, infinite or null entries",
+            f"column '{c}': vectors of a different length",
+        ]
+    if weight_col is not None:
+        labels.append(f"weight column '{weight_col}': null, NaN, infinite or negative weights")
+    return labels
+
+
+def make_spec(
+    source: str, names: list[str], n_features: int, weight_col: str | None
+) -> FeatureSpec:
+    return FeatureSpec(n_features, source, names, weight_col, _problem_labels(source, names, weight_col))
+
+
+# ---------------------------------------------------------------------------
+# Driver side: schema checks, column expressions
+# ---------------------------------------------------------------------------
+
+
+def resolve_features(
+    df,
+    input_cols: list[str] | None,
+    features_col: str,
+    weight_col: str | None,
+    n_features: int | None = None,
+):
+    """Check the input schema and build the columns the fit reads.
+
+    Parameters
+    ----------
+    df : pyspark.sql.DataFrame
+    input_cols : list of str or None
+        Numeric columns used directly as features; when None, ``features_col`` is used.
+    features_col : str
+        A ``pyspark.ml`` vector column or an ``array<numeric>`` column.
+    weight_col : str or None
+    n_features : int, optional
+        The expected vector length when already known (scoring with a fitted model);
+        otherwise it is read from the column's ML metadata or its first row.
+
+    Returns
+    -------
+    spec : FeatureSpec
+    columns : list of pyspark.sql.Column
+        ``_gmm_f0..`` doubles (or one ``array<double>``), then the weight as ``_gmm_w``.
+    """
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    fields = {f.name: f for f in df.schema.fields}
+
+    def field_of(name: str, role: str) -> T.StructField:
+        if name not in fields:
+            raise InvalidInputError(
+                f"{role} column '{name}' is not in the input; available columns: "
+                f"{', '.join(sorted(fields)) or '(none)'}."
+            )
+        return fields[name]
+
+    def is_numeric(dt: T.DataType) -> bool:
+        return isinstance(dt, T.NumericType)
+
+    columns = []
+    if input_cols:
+        if len(set(input_cols)) != len(input_cols):
+            raise InvalidInputError(f"inputCols has duplicate names: {input_cols}.")
+        for j, name in enumerate(input_cols):
+            f = field_of(name, "Feature")
+            if not is_numeric(f.dataType):
+                raise InvalidInputError(
+                    f"Feature column '{name}' has type {f.dataType.simpleString()}; "
+                    "features must be numeric. Cast it (e.g. col.cast('double')) or "
+                    "drop it from inputCols."
+                )
+            columns.append(F.col(f"`{name}`").cast("double").alias(f"{FEATURE_PREFIX}{j}"))
+        source, names, d = "columns", list(input_cols), len(input_cols)
+    else:
+        f = field_of(features_col, "Features")
+        dt = f.dataType
+        if isinstance(dt, VectorUDT):
+            expr = vector_to_array(F.col(f"`{features_col}`"), "float64")
+        elif isinstance(dt, T.ArrayType) and is_numeric(dt.elementType):
+            expr = F.col(f"`{features_col}`").cast("array<double>")
+        else:
+            raise InvalidInputError(
+                f"Features column '{features_col}' has type {dt.simpleString()}; it must be "
+                "a vector (pyspark.ml.linalg) or an array of numbers. Use inputCols for "
+                "numeric columns, or VectorAssembler."
+            )
+        d = n_features if n_features is not None else _vector_size(df, f, expr)
+        columns.append(expr.alias(f"{FEATURE_PREFIX}0"))
+        source, names = "vector", [features_col]
+    if weight_col:
+        wf = field_of(weight_col, "Weight")
+        if not is_numeric(wf.dataType):
+            raise InvalidInputError(
+                f"Weight column '{weight_col}' has type {wf.dataType.simpleString()}; "
+                "weights must be numeric."
+            )
+        columns.append(F.col(f"`{weight_col}`").cast("double").alias(WEIGHT_ALIAS))
+    return make_spec(source, names, d, weight_col or None), columns
+
+
+def _vector_size(df, field, expr) -> int:
+    """Length of the feature vectors: from ML attribute metadata, else the first row."""
+    from pyspark.sql import functions as F
+
+    attrs = (field.metadata or {}).get("ml_attr", {})
+    if isinstance(attrs.get("num_attrs"), int) and attrs["num_attrs"] > 0:
+        return int(attrs["num_attrs"])
+    first = df.select(F.size(expr).alias("d")).where(F.col("d") > 0).limit(1).collect()
+    if not first:
+        raise InvalidInputError(
+            f"Features column '{field.name}' has no non-empty vector: the input is empty "
+            "or every vector is null. Check the input path/filter."
+        )
+    return int(first[0]["d"])
+
+
+# ---------------------------------------------------------------------------
+# Executor side: Arrow batches → packed blocks
+# ---------------------------------------------------------------------------
+
+
+def _float_column(arr: pa.Array) -> NDArray[np.float64]:
+    """A float64 Arrow column as numpy, nulls as NaN."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def batch_to_rows(
+    batch: pa.RecordBatch, spec: FeatureSpec
+) -> tuple[NDArray[np.float64], NDArray[np.float64] | None, NDArray[np.bool_], list[int]]:
+    """Features, weights, a mask of invalid rows and the per-problem counts of one batch.
+
+    Returns
+    -------
+    X : ndarray of shape (n, d)
+        Rows that are invalid hold arbitrary values.
+    w : ndarray of shape (n,) or None
+    bad : ndarray of bool, shape (n,)
+    counts : list of int
+        One count per entry of ``spec.problem_labels``.
+    """
+    n, d = batch.num_rows, spec.n_features
+    bad = np.zeros(n, dtype=bool)
+    counts: list[int] = []
+    if spec.source == "columns":
+        X = np.empty((n, d))
+        for j in range(d):
+            X[:, j] = _float_column(batch.column(j))
+            invalid = ~np.isfinite(X[:, j])
+            counts.append(int(invalid.sum()))
+            bad |= invalid
+    else:
+        lists = batch.column(0)
+        is_null = np.asarray(lists.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        lengths = np.asarray(lists.value_lengths().fill_null(0).to_numpy(), dtype=np.int64)
+        flat = _float_column(lists.flatten())
+        wrong_len = ~is_null & (lengths != d)
+        ok = ~is_null & ~wrong_len
+        X = np.zeros((n, d))
+        if ok.all():
+            X = flat.reshape(n, d)
+        elif ok.any():
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            X[ok] = flat[starts[ok][:, None] + np.arange(d)]
+        nonfinite = ok & ~np.isfinite(X).all(axis=1)
+        counts += [int(is_null.sum()), int(nonfinite.sum()), int(wrong_len.sum())]
+        bad |= is_null | wrong_len | nonfinite
+    w = None
+    if spec.has_weight:
+        w = _float_column(batch.column(batch.num_columns - 1))
+        invalid = ~(np.isfinite(w) & (w >= 0))
+        counts.append(int(invalid.sum()))
+        bad |= invalid
+    return X, w, bad, counts
+
+
+def pack_batches(
+    batches: Iterator[pa.RecordBatch], spec: FeatureSpec, skip_invalid: bool
+) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` function: one packed block per input batch (see PACKED_SCHEMA_DDL).
+
+    With ``skip_invalid`` false, a batch that has invalid rows keeps only its counts:
+    the fit will stop with an error naming them, so its rows are not worth caching.
+    """
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        X, w, bad, counts = batch_to_rows(batch, spec)
+        n_bad = int(bad.sum())
+        if n_bad and not skip_invalid:
+            X, w = X[:0], None if w is None else w[:0]
+        elif n_bad:
+            X, w = X[~bad], None if w is None else w[~bad]
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array([X.shape[0]], pa.int64()),
+                pa.array([np.ascontiguousarray(X).tobytes()], pa.binary()),
+                pa.array([b"" if w is None else np.ascontiguousarray(w).tobytes()], pa.binary()),
+                pa.array([np.asarray(counts, dtype=np.int64).tobytes()], pa.binary()),
+                pa.array([n_bad], pa.int64()),
+            ],
+            schema=_PACKED_ARROW_SCHEMA,
+        )
+
+
+def unpack_block(
+    n: int, x: bytes, w: bytes, d: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+    """Inverse of the packing: zero-copy views over the bytes."""
+    X = np.frombuffer(x, dtype=np.float64).reshape(n, d)
+    return X, (np.frombuffer(w, dtype=np.float64) if w else None)

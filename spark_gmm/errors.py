@@ -1,0 +1,57 @@
+"""Exceptions raised by spark_gmm, one class per kind of failure.
+
+All derive from ``ValueError`` (bad data or parameters) so callers that already catch
+``ValueError`` keep working; each message says what to try next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ComponentCollapseError",
+    "ComponentNotPositiveDefiniteError",
+    "GaussianMixtureError",
+    "InvalidInputError",
+]
+
+_REMEDY = (
+    "Try a larger regCovar (e.g. 1e-4), fewer components (k), or scaling the features "
+    "(e.g. pyspark.ml.feature.StandardScaler)."
+)
+
+
+class GaussianMixtureError(ValueError):
+    """Base class of the errors raised while fitting or applying a mixture."""
+
+
+class InvalidInputError(GaussianMixtureError):
+    """The input DataFrame or a parameter cannot be used as given."""
+
+
+class ComponentNotPositiveDefiniteError(GaussianMixtureError):
+    """A covariance (or precision) matrix is not positive definite."""
+
+    def __init__(self, component: int | None, n_components: int, what: str = "covariance"):
+        self.component = component
+        self.n_components = n_components
+        who = (
+            f"The tied {what} matrix"
+            if component is None
+            else f"The {what} of component {component} (of {n_components})"
+        )
+        super().__init__(
+            f"{who} is not positive definite: it has collapsed onto a lower-dimensional "
+            f"set of rows (e.g. duplicated or constant features). {_REMEDY}"
+        )
+
+
+class ComponentCollapseError(GaussianMixtureError):
+    """A component lost (almost) all its weight: no row belongs to it any more."""
+
+    def __init__(self, component: int, n_components: int, share: float):
+        self.component = component
+        self.n_components = n_components
+        self.share = share
+        super().__init__(
+            f"Component {component} (of {n_components}) collapsed: its share of the total "
+            f"weight fell to {share:.3g}, so no rows support it. {_REMEDY}"
+        )

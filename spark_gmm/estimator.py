@@ -1,0 +1,698 @@
+"""``GaussianMixture`` / ``GaussianMixtureModel``: a drop-in for ``pyspark.ml.clustering``.
+
+Same param names as MLlib's estimator where MLlib has them, plus sklearn's features
+(four covariance types, ``regCovar``, ``nInit``, initialisation modes). The maths is in
+:mod:`spark_gmm.gaussian`, the EM loop in :mod:`spark_gmm.em`, the Spark plumbing in
+:mod:`spark_gmm.engine`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from pyspark import keyword_only
+from pyspark.ml import Estimator, Model
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import (
+    HasAggregationDepth,
+    HasFeaturesCol,
+    HasHandleInvalid,
+    HasInputCols,
+    HasMaxIter,
+    HasPredictionCol,
+    HasProbabilityCol,
+    HasSeed,
+    HasTol,
+    HasWeightCol,
+)
+
+from spark_gmm import gaussian
+from spark_gmm.data import resolve_features
+from spark_gmm.em import INIT_MODES, fit_em
+from spark_gmm.engine import prepare
+from spark_gmm.errors import InvalidInputError
+from spark_gmm.gaussian import COVARIANCE_TYPES, MixtureParameters
+from spark_gmm.session import ensure_local_python_workers
+
+__all__ = ["GaussianMixture", "GaussianMixtureModel", "GaussianMixtureSummary"]
+
+log = logging.getLogger("spark_gmm")
+
+Array = NDArray[np.float64]
+
+# A fixed default seed (MLlib's default hashes the class name, which Python salts per
+# process): the same call gives the same model in every run.
+_DEFAULT_SEED = zlib.crc32(b"spark_gmm.GaussianMixture")
+
+HANDLE_INVALID = ("error", "skip", "keep")
+
+
+class _GaussianMixtureParams(
+    HasMaxIter,
+    HasFeaturesCol,
+    HasInputCols,
+    HasSeed,
+    HasPredictionCol,
+    HasProbabilityCol,
+    HasTol,
+    HasAggregationDepth,
+    HasWeightCol,
+    HasHandleInvalid,
+):
+    """Params shared by :class:`GaussianMixture` and :class:`GaussianMixtureModel`."""
+
+    k: Param[int] = Param(
+        Params._dummy(),
+        "k",
+        "Number of Gaussian components in the mixture. Must be >= 1.",
+        typeConverter=TypeConverters.toInt,
+    )
+    covarianceType: Param[str] = Param(
+        Params._dummy(),
+        "covarianceType",
+        "Covariance structure: 'full' (each component its own matrix), 'tied' (one "
+        "matrix shared by all), 'diag' (diagonal per component), 'spherical' (one "
+        "variance per component).",
+        typeConverter=TypeConverters.toString,
+    )
+    regCovar: Param[float] = Param(
+        Params._dummy(),
+        "regCovar",
+        "Non-negative value added to the diagonal of every covariance, so that they stay "
+        "positive definite. Must be >= 0.",
+        typeConverter=TypeConverters.toFloat,
+    )
+    initMode: Param[str] = Param(
+        Params._dummy(),
+        "initMode",
+        "Initialisation: 'kmeans' (k-means on a sample, then one M-step on all rows' "
+        "nearest-centre labels), 'k-means++' (k-means++ seeds, no Lloyd iterations), "
+        "'random_from_data' (k random rows as centres), 'random' (random responsibilities).",
+        typeConverter=TypeConverters.toString,
+    )
+    nInit: Param[int] = Param(
+        Params._dummy(),
+        "nInit",
+        "Number of initialisations run together (sharing each data pass); the one with "
+        "the best final log-likelihood is kept. Must be >= 1.",
+        typeConverter=TypeConverters.toInt,
+    )
+    initialModel: Param[Any] = Param(
+        Params._dummy(),
+        "initialModel",
+        "A GaussianMixtureModel to start EM from (warm start); overrides initMode/nInit.",
+    )
+    logLikelihoodCol: Param[str] = Param(
+        Params._dummy(),
+        "logLikelihoodCol",
+        "Output column of each row's log-likelihood under the model; unset: not added.",
+        typeConverter=TypeConverters.toString,
+    )
+    initSampleSize: Param[int] = Param(
+        Params._dummy(),
+        "initSampleSize",
+        "Rows sampled (by a hash of their content, independent of partitioning) for the "
+        "driver-side initialisation. Must be >= k.",
+        typeConverter=TypeConverters.toInt,
+    )
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(
+            k=2,
+            maxIter=100,
+            tol=1e-3,
+            seed=_DEFAULT_SEED,
+            aggregationDepth=2,
+            covarianceType="full",
+            regCovar=1e-6,
+            initMode="kmeans",
+            nInit=1,
+            handleInvalid="error",
+            initSampleSize=100_000,
+        )
+
+    def getK(self) -> int:
+        return self.getOrDefault(self.k)
+
+    def getCovarianceType(self) -> str:
+        return self.getOrDefault(self.covarianceType)
+
+    def getRegCovar(self) -> float:
+        return self.getOrDefault(self.regCovar)
+
+    def getInitMode(self) -> str:
+        return self.getOrDefault(self.initMode)
+
+    def getNInit(self) -> int:
+        return self.getOrDefault(self.nInit)
+
+    def getInitialModel(self) -> GaussianMixtureModel | None:
+        return self.getOrDefault(self.initialModel) if self.isDefined(self.initialModel) else None
+
+    def getLogLikelihoodCol(self) -> str | None:
+        return self.getOrDefault(self.logLikelihoodCol) if self.isDefined(self.logLikelihoodCol) else None
+
+    def getInitSampleSize(self) -> int:
+        return self.getOrDefault(self.initSampleSize)
+
+    def _opt(self, param: Param[Any]) -> Any:
+        """Value of an optional param, None when unset or empty."""
+        return self.getOrDefault(param) if self.isDefined(param) and self.getOrDefault(param) else None
+
+    def _validate_params(self) -> None:
+        """Check every param against its constraint, before any Spark job runs."""
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise InvalidInputError(message)
+
+        k = self.getK()
+        need(k >= 1, f"k must be >= 1; got {k}.")
+        need(self.getMaxIter() >= 1, f"maxIter must be >= 1; got {self.getMaxIter()}.")
+        need(self.getTol() >= 0, f"tol must be >= 0; got {self.getTol()}.")
+        need(
+            self.getRegCovar() >= 0 and math.isfinite(self.getRegCovar()),
+            f"regCovar must be a finite number >= 0; got {self.getRegCovar()}.",
+        )
+        need(self.getNInit() >= 1, f"nInit must be >= 1; got {self.getNInit()}.")
+        need(
+            self.getAggregationDepth() >= 1,
+            f"aggregationDepth must be >= 1; got {self.getAggregationDepth()}.",
+        )
+        need(
+            self.getCovarianceType() in COVARIANCE_TYPES,
+            f"covarianceType must be one of {', '.join(COVARIANCE_TYPES)}; "
+            f"got {self.getCovarianceType()!r}.",
+        )
+        need(
+            self.getInitMode() in INIT_MODES,
+            f"initMode must be one of {', '.join(INIT_MODES)}; got {self.getInitMode()!r}.",
+        )
+        need(
+            self.getHandleInvalid() in HANDLE_INVALID,
+            f"handleInvalid must be one of {', '.join(HANDLE_INVALID)}; "
+            f"got {self.getHandleInvalid()!r}.",
+        )
+        need(
+            self.getInitSampleSize() >= k,
+            f"initSampleSize must be >= k={k}; got {self.getInitSampleSize()}.",
+        )
+
+    def _features(self, dataset: Any, n_features: int | None = None) -> tuple[Any, list[Any]]:
+        return resolve_features(
+            dataset,
+            self._opt(self.inputCols),
+            self.getFeaturesCol(),
+            self._opt(self.weightCol),
+            n_features=n_features,
+        )
+
+
+@dataclass
+class GaussianMixtureSummary:
+    """Training summary.
+
+    Attributes
+    ----------
+    k : int
+    logLikelihood : float
+        Total (weighted) log-likelihood of the training rows under the final model, as
+        MLlib reports it.
+    meanLogLikelihood : float
+        ``logLikelihood`` divided by the total weight (the number of rows when
+        unweighted), as sklearn's ``score``; ``tol`` applies to its change.
+    numIter : int
+    converged : bool
+    logLikelihoodHistory : list of float
+        Mean log-likelihood after 0, 1, ..., numIter EM iterations.
+    iterationSeconds : list of float
+    clusterSizes : list of int
+        Training rows whose most likely component is each component.
+    numRows : int
+        Rows used by the fit.
+    numSkippedRows : int
+        Invalid rows dropped under ``handleInvalid='skip'``.
+    totalWeight : float
+    candidateLogLikelihoods : list of float
+        Final mean log-likelihood of each of the ``nInit`` candidates (NaN: failed).
+    bic, aic : float
+        Information criteria (sklearn's definitions; n = total weight).
+    """
+
+    k: int
+    logLikelihood: float
+    meanLogLikelihood: float
+    numIter: int
+    converged: bool
+    logLikelihoodHistory: list[float]
+    iterationSeconds: list[float]
+    clusterSizes: list[int]
+    numRows: int
+    numSkippedRows: int
+    totalWeight: float
+    candidateLogLikelihoods: list[float]
+    bic: float
+    aic: float
+    _model: Any = field(default=None, repr=False)
+    _dataset: Any = field(default=None, repr=False)
+
+    @property
+    def predictions(self) -> Any:
+        """The training DataFrame transformed by the model (lazy)."""
+        return self._model.transform(self._dataset)
+
+
+class GaussianMixture(Estimator["GaussianMixtureModel"], _GaussianMixtureParams):
+    """Gaussian mixture clustering fitted by distributed EM.
+
+    A drop-in for :class:`pyspark.ml.clustering.GaussianMixture` (same param names and
+    usage in a Pipeline) with scikit-learn's numerics: log-space E-step, Cholesky of the
+    precision, ``regCovar``, four covariance types, restarts that share data passes.
+
+    Examples
+    --------
+    >>> gm = GaussianMixture(k=3, inputCols=["x", "y"], seed=1)   # doctest: +SKIP
+    >>> model = gm.fit(df)                                         # doctest: +SKIP
+    >>> model.transform(df).select("prediction", "probability")    # doctest: +SKIP
+    """
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        featuresCol: str = "features",
+        predictionCol: str = "prediction",
+        k: int = 2,
+        probabilityCol: str = "probability",
+        tol: float = 1e-3,
+        maxIter: int = 100,
+        seed: int | None = None,
+        aggregationDepth: int = 2,
+        weightCol: str | None = None,
+        inputCols: list[str] | None = None,
+        covarianceType: str = "full",
+        regCovar: float = 1e-6,
+        initMode: str = "kmeans",
+        nInit: int = 1,
+        initialModel: GaussianMixtureModel | None = None,
+        logLikelihoodCol: str | None = None,
+        handleInvalid: str = "error",
+        initSampleSize: int = 100_000,
+    ) -> None:
+        super().__init__()
+        kwargs = self._input_kwargs
+        self.setParams(**kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs: Any) -> GaussianMixture:
+        """Set any of the constructor's params (keyword arguments only)."""
+        kwargs = {key: value for key, value in self._input_kwargs.items() if value is not None}
+        return self._set(**kwargs)
+
+    # setters, like MLlib's
+    def setK(self, value: int) -> GaussianMixture:
+        return self._set(k=value)
+
+    def setMaxIter(self, value: int) -> GaussianMixture:
+        return self._set(maxIter=value)
+
+    def setTol(self, value: float) -> GaussianMixture:
+        return self._set(tol=value)
+
+    def setSeed(self, value: int) -> GaussianMixture:
+        return self._set(seed=value)
+
+    def setFeaturesCol(self, value: str) -> GaussianMixture:
+        return self._set(featuresCol=value)
+
+    def setInputCols(self, value: list[str]) -> GaussianMixture:
+        return self._set(inputCols=value)
+
+    def setPredictionCol(self, value: str) -> GaussianMixture:
+        return self._set(predictionCol=value)
+
+    def setProbabilityCol(self, value: str) -> GaussianMixture:
+        return self._set(probabilityCol=value)
+
+    def setWeightCol(self, value: str) -> GaussianMixture:
+        return self._set(weightCol=value)
+
+    def setAggregationDepth(self, value: int) -> GaussianMixture:
+        return self._set(aggregationDepth=value)
+
+    def setCovarianceType(self, value: str) -> GaussianMixture:
+        return self._set(covarianceType=value)
+
+    def setRegCovar(self, value: float) -> GaussianMixture:
+        return self._set(regCovar=value)
+
+    def setInitMode(self, value: str) -> GaussianMixture:
+        return self._set(initMode=value)
+
+    def setNInit(self, value: int) -> GaussianMixture:
+        return self._set(nInit=value)
+
+    def setInitialModel(self, value: GaussianMixtureModel) -> GaussianMixture:
+        return self._set(initialModel=value)
+
+    def setLogLikelihoodCol(self, value: str) -> GaussianMixture:
+        return self._set(logLikelihoodCol=value)
+
+    def setHandleInvalid(self, value: str) -> GaussianMixture:
+        return self._set(handleInvalid=value)
+
+    def setInitSampleSize(self, value: int) -> GaussianMixture:
+        return self._set(initSampleSize=value)
+
+    def _fit(self, dataset: Any) -> GaussianMixtureModel:
+        self._validate_params()
+        k = self.getK()
+        covariance_type = self.getCovarianceType()
+        initial = self.getInitialModel()
+        initial_params = None
+        if initial is not None:
+            initial_params = initial.mixtureParameters
+            if initial_params.n_components != k or initial_params.covariance_type != covariance_type:
+                raise InvalidInputError(
+                    f"initialModel has k={initial_params.n_components} and covarianceType="
+                    f"{initial_params.covariance_type!r}, but this estimator has k={k} and "
+                    f"covarianceType={covariance_type!r}; make them agree."
+                )
+        ensure_local_python_workers(dataset.sparkSession)
+        spec, columns = self._features(dataset)
+        if initial_params is not None and initial_params.n_features != spec.n_features:
+            raise InvalidInputError(
+                f"initialModel has {initial_params.n_features} features but the input has "
+                f"{spec.n_features}."
+            )
+        data = prepare(
+            dataset,
+            spec,
+            columns,
+            self.getHandleInvalid(),
+            aggregation_depth=self.getAggregationDepth(),
+        )
+        try:
+            if data.n_rows < k:
+                raise InvalidInputError(
+                    f"k={k} is larger than the number of usable rows ({data.n_rows}). "
+                    "Use a smaller k."
+                )
+            result = fit_em(
+                data,
+                k,
+                covariance_type,
+                max_iter=self.getMaxIter(),
+                tol=self.getTol(),
+                reg_covar=self.getRegCovar(),
+                init_mode=self.getInitMode(),
+                n_init=self.getNInit(),
+                seed=self.getSeed(),
+                initial_params=initial_params,
+                init_sample_size=self.getInitSampleSize(),
+            )
+        finally:
+            data.release()
+        n_params = gaussian.n_parameters(covariance_type, k, spec.n_features)
+        n_eff = result.total_weight
+        model = GaussianMixtureModel(result.params)
+        model._feature_names = list(spec.names)
+        summary = GaussianMixtureSummary(
+            k=k,
+            logLikelihood=result.log_likelihood,
+            meanLogLikelihood=result.log_likelihood / result.total_weight,
+            numIter=result.n_iter,
+            converged=result.converged,
+            logLikelihoodHistory=list(result.history),
+            iterationSeconds=list(result.iteration_seconds),
+            clusterSizes=[int(c) for c in result.cluster_sizes],
+            numRows=data.n_rows,
+            numSkippedRows=data.n_skipped,
+            totalWeight=result.total_weight,
+            candidateLogLikelihoods=list(result.candidate_log_likelihoods),
+            bic=-2.0 * result.log_likelihood + n_params * math.log(n_eff),
+            aic=-2.0 * result.log_likelihood + 2.0 * n_params,
+            _model=model,
+            _dataset=dataset,
+        )
+        model._summary = summary
+        return self._copyValues(model)
+
+
+class GaussianMixtureModel(Model, _GaussianMixtureParams):
+    """A fitted (or hand-built) Gaussian mixture.
+
+    Build one from numbers with :meth:`fromParameters`. ``transform`` adds
+    ``predictionCol`` (int), ``probabilityCol`` (ml Vector) and, when set,
+    ``logLikelihoodCol`` (double).
+    """
+
+    def __init__(self, params: MixtureParameters | None = None) -> None:
+        super().__init__()
+        self._mixture = params
+        self._summary: GaussianMixtureSummary | None = None
+        self._feature_names: list[str] = []
+        if params is not None:
+            # The model's own k/covarianceType params describe its parameters.
+            self._set(k=params.n_components, covarianceType=params.covariance_type)
+
+    @classmethod
+    def fromParameters(
+        cls,
+        weights: Any,
+        means: Any,
+        covariances: Any,
+        covarianceType: str = "full",
+    ) -> GaussianMixtureModel:
+        """A model from weights (k,), means (k, d) and covariances (sklearn's shapes)."""
+        params = MixtureParameters.from_covariances(weights, means, covariances, covarianceType)
+        return cls(params)
+
+    # -- fitted parameters -------------------------------------------------
+
+    @property
+    def mixtureParameters(self) -> MixtureParameters:
+        if self._mixture is None:
+            raise InvalidInputError("This GaussianMixtureModel holds no parameters.")
+        return self._mixture
+
+    @property
+    def weights(self) -> list[float]:
+        """Mixing weights, a list of k floats (like MLlib)."""
+        return [float(x) for x in self.mixtureParameters.weights]
+
+    @property
+    def means(self) -> Array:
+        """Component means, shape (k, d)."""
+        return self.mixtureParameters.means.copy()
+
+    @property
+    def covariances(self) -> Array:
+        """Covariances in sklearn's shape for ``covarianceType``."""
+        return self.mixtureParameters.covariances.copy()
+
+    @property
+    def precisionsCholesky(self) -> Array:
+        """Cholesky factors of the precision matrices (sklearn's ``precisions_cholesky_``)."""
+        return self.mixtureParameters.precisions_chol.copy()
+
+    @property
+    def numFeatures(self) -> int:
+        return self.mixtureParameters.n_features
+
+    def _full_covariances(self) -> Array:
+        p = self.mixtureParameters
+        k, d = p.n_components, p.n_features
+        cov = p.covariances
+        if p.covariance_type == "full":
+            return cov
+        if p.covariance_type == "tied":
+            return np.repeat(cov[None], k, axis=0)
+        if p.covariance_type == "diag":
+            return np.stack([np.diag(c) for c in cov])
+        return np.stack([np.eye(d) * c for c in cov])
+
+    @property
+    def gaussiansDF(self) -> Any:
+        """One row per component: ``mean`` (DenseVector) and ``cov`` (DenseMatrix), as MLlib."""
+        from pyspark.ml.linalg import DenseMatrix, DenseVector
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.active()
+        d = self.numFeatures
+        rows = [
+            (DenseVector(mean), DenseMatrix(d, d, cov.ravel(order="F").tolist()))
+            for mean, cov in zip(self.mixtureParameters.means, self._full_covariances())
+        ]
+        return spark.createDataFrame(rows, ["mean", "cov"])
+
+    @property
+    def hasSummary(self) -> bool:
+        return self._summary is not None
+
+    @property
+    def summary(self) -> GaussianMixtureSummary:
+        if self._summary is None:
+            raise RuntimeError("No training summary: this model was not produced by fit().")
+        return self._summary
+
+    # -- numpy helpers (sklearn's names) ----------------------------------
+
+    def _as_matrix(self, X: Any) -> Array:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 1:
+            X = X[None, :]
+        if X.ndim != 2 or X.shape[1] != self.numFeatures:
+            raise InvalidInputError(
+                f"The model has {self.numFeatures} features but the data has "
+                f"{X.shape[-1] if X.ndim else 0}."
+            )
+        return X
+
+    def predict_proba(self, X: Any) -> Array:
+        """Membership probabilities of each row of ``X``, shape (n, k)."""
+        return gaussian.predict_proba(self._as_matrix(X), self.mixtureParameters)
+
+    def score_samples(self, X: Any) -> Array:
+        """Log-likelihood of each row of ``X``, shape (n,)."""
+        return gaussian.score_samples(self._as_matrix(X), self.mixtureParameters)
+
+    def score(self, X: Any) -> float:
+        """Mean log-likelihood of the rows of ``X`` (sklearn's ``score``)."""
+        return float(np.mean(self.score_samples(X)))
+
+    def predict(self, value: Any) -> Any:
+        """Most likely component: an int for one vector (MLlib), an array for a matrix."""
+        X = np.asarray(value.toArray() if hasattr(value, "toArray") else value, dtype=np.float64)
+        labels = np.argmax(self.predict_proba(X), axis=1)
+        return int(labels[0]) if X.ndim == 1 else labels
+
+    def predictProbability(self, value: Any) -> Any:
+        """Membership probabilities of one vector, as a DenseVector (MLlib)."""
+        from pyspark.ml.linalg import DenseVector
+
+        X = np.asarray(value.toArray() if hasattr(value, "toArray") else value, dtype=np.float64)
+        return DenseVector(self.predict_proba(X)[0])
+
+    # -- Spark transform ------------------------------------------------------
+
+    def setFeaturesCol(self, value: str) -> GaussianMixtureModel:
+        return self._set(featuresCol=value)
+
+    def setInputCols(self, value: list[str]) -> GaussianMixtureModel:
+        return self._set(inputCols=value)
+
+    def setPredictionCol(self, value: str) -> GaussianMixtureModel:
+        return self._set(predictionCol=value)
+
+    def setProbabilityCol(self, value: str) -> GaussianMixtureModel:
+        return self._set(probabilityCol=value)
+
+    def setLogLikelihoodCol(self, value: str) -> GaussianMixtureModel:
+        return self._set(logLikelihoodCol=value)
+
+    def setHandleInvalid(self, value: str) -> GaussianMixtureModel:
+        return self._set(handleInvalid=value)
+
+    def _transform(self, dataset: Any) -> Any:
+        from pyspark.ml.functions import array_to_vector
+        from pyspark.sql import functions as F
+        from pyspark.sql import types as T
+        from pyspark.sql.functions import pandas_udf
+
+        if self.getHandleInvalid() not in HANDLE_INVALID:
+            raise InvalidInputError(
+                f"handleInvalid must be one of {', '.join(HANDLE_INVALID)}; "
+                f"got {self.getHandleInvalid()!r}."
+            )
+        ensure_local_python_workers(dataset.sparkSession)
+        params = self.mixtureParameters
+        d = params.n_features
+        spec, columns = self._features(dataset, n_features=d)
+        if spec.source == "columns" and spec.n_features != d:
+            raise InvalidInputError(
+                f"The model has {d} features but inputCols names {spec.n_features} columns."
+            )
+        handle = self.getHandleInvalid()
+        out_type = T.StructType(
+            [
+                T.StructField("prediction", T.IntegerType()),
+                T.StructField("probability", T.ArrayType(T.DoubleType(), containsNull=False)),
+                T.StructField("loglik", T.DoubleType()),
+            ]
+        )
+        source, names = spec.source, spec.names
+
+        @pandas_udf(out_type)  # type: ignore[call-overload]
+        def score(*cols: pd.Series) -> pd.DataFrame:
+            X, bad = _rows_from_series(cols, source, d)
+            if handle == "error" and bad.any():
+                raise InvalidInputError(
+                    f"{int(bad.sum())} rows have null, NaN, infinite or wrongly sized "
+                    f"features in {', '.join(repr(n) for n in names)}. Clean them, or set "
+                    "handleInvalid='skip' (drop the rows) or 'keep' (null outputs)."
+                )
+            n = len(bad)
+            ok = ~bad
+            pred = np.zeros(n, dtype=np.int32)
+            logp = np.full(n, np.nan)
+            proba = [None] * n
+            if ok.any():
+                wlp = gaussian.estimate_weighted_log_prob(X[ok], params)
+                lpn, resp = gaussian._log_normalize(wlp)
+                pred[ok] = np.argmax(resp, axis=1)
+                logp[ok] = lpn
+                idx = np.flatnonzero(ok)
+                for i, row in zip(idx, resp):
+                    proba[i] = row
+            frame = pd.DataFrame(
+                {
+                    "prediction": pd.array(np.where(ok, pred, 0), dtype="Int32"),
+                    "probability": proba,
+                    "loglik": logp,
+                }
+            )
+            frame.loc[bad, "prediction"] = pd.NA
+            return frame
+
+        tmp = "__spark_gmm_out"
+        out = dataset.withColumn(tmp, score(*columns))
+        if handle == "skip":
+            out = out.where(F.col(f"{tmp}.prediction").isNotNull())
+        out = out.withColumn(self.getPredictionCol(), F.col(f"{tmp}.prediction"))
+        out = out.withColumn(
+            self.getProbabilityCol(), array_to_vector(F.col(f"{tmp}.probability"))
+        )
+        ll_col = self.getLogLikelihoodCol()
+        if ll_col:
+            out = out.withColumn(ll_col, F.col(f"{tmp}.loglik"))
+        return out.drop(tmp)
+
+
+def _rows_from_series(
+    cols: tuple[pd.Series, ...], source: str, d: int
+) -> tuple[Array, NDArray[np.bool_]]:
+    """Feature matrix and invalid-row mask from the pandas inputs of the scoring UDF."""
+    if source == "columns":
+        X = np.column_stack([np.asarray(c, dtype=np.float64) for c in cols])
+        return X, ~np.isfinite(X).all(axis=1)
+    series = cols[0]
+    n = len(series)
+    X = np.zeros((n, d))
+    bad = np.zeros(n, dtype=bool)
+    values = series.to_numpy()
+    for i, v in enumerate(values):
+        if v is None or len(v) != d:
+            bad[i] = True
+        else:
+            X[i] = v
+    bad |= ~np.isfinite(X).all(axis=1)
+    return X, bad

@@ -1,0 +1,189 @@
+"""Per-partition work shipped to the executors: statistics of a batch of candidates,
+row hashes for the partition-independent sample, and packing of Arrow batches.
+
+Pure numpy/pyarrow, no Spark import, so the same functions serve the Spark engine
+(:mod:`spark_gmm.engine`) and the in-memory engine used on the driver and in tests.
+
+A *task* describes one candidate model's work in a data pass:
+
+* ``EMTask(params)``: E-step under ``params``, statistics centred on its means.
+* ``HardTask(centres, covariance_type)``: rows go to their nearest centre (k-means
+  initialisation); statistics centred on the centres.
+* ``RandomTask(centre, k, seed, covariance_type)``: responsibilities drawn from a hash of
+  the row's content and the seed (sklearn's ``init_params='random'``), so they do not
+  depend on partitioning either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from spark_gmm.gaussian import (
+    MixtureParameters,
+    SufficientStatistics,
+    block_statistics,
+    hard_assignment_statistics,
+)
+
+Array = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class EMTask:
+    params: MixtureParameters
+
+    @property
+    def flat_size(self) -> int:
+        p = self.params
+        return SufficientStatistics.flat_size(p.covariance_type, p.n_components, p.n_features)
+
+    def statistics(self, X: Array, w: Array | None) -> SufficientStatistics:
+        return block_statistics(X, w, self.params)
+
+    def unflatten(self, flat: Array) -> SufficientStatistics:
+        return SufficientStatistics.from_flat(flat, self.params.covariance_type, self.params.means)
+
+
+@dataclass(frozen=True)
+class HardTask:
+    centres: Array
+    covariance_type: str
+
+    @property
+    def flat_size(self) -> int:
+        k, d = self.centres.shape
+        return SufficientStatistics.flat_size(self.covariance_type, k, d)
+
+    def statistics(self, X: Array, w: Array | None) -> SufficientStatistics:
+        return hard_assignment_statistics(X, w, self.centres, self.covariance_type)
+
+    def unflatten(self, flat: Array) -> SufficientStatistics:
+        return SufficientStatistics.from_flat(flat, self.covariance_type, self.centres)
+
+
+@dataclass(frozen=True)
+class RandomTask:
+    centre: Array
+    k: int
+    seed: int
+    covariance_type: str
+
+    @property
+    def centres(self) -> Array:
+        return np.repeat(self.centre[None, :], self.k, axis=0)
+
+    @property
+    def flat_size(self) -> int:
+        return SufficientStatistics.flat_size(self.covariance_type, self.k, self.centre.shape[0])
+
+    def statistics(self, X: Array, w: Array | None) -> SufficientStatistics:
+        base = row_hash(X, w, self.seed)
+        resp = np.empty((X.shape[0], self.k))
+        for j in range(self.k):
+            with np.errstate(over="ignore"):
+                salt = np.uint64(j + 1) * _GOLDEN
+            resp[:, j] = hash_to_unit(mix64(base ^ salt))
+        resp /= resp.sum(axis=1, keepdims=True)
+        return hard_assignment_statistics(X, w, self.centres, self.covariance_type, resp=resp)
+
+    def unflatten(self, flat: Array) -> SufficientStatistics:
+        return SufficientStatistics.from_flat(flat, self.covariance_type, self.centres)
+
+
+Task = EMTask | HardTask | RandomTask
+
+
+def tasks_statistics(blocks: Iterable[tuple[Array, Array | None]], tasks: Sequence[Task]) -> Array:
+    """Statistics of every task over a sequence of blocks, as one flat float64 vector.
+
+    The data are read once; every block is used by all tasks before the next is taken.
+    """
+    total = np.zeros(sum(t.flat_size for t in tasks))
+    for X, w in blocks:
+        if X.shape[0] == 0:
+            continue
+        total += np.concatenate([t.statistics(X, w).to_flat() for t in tasks])
+    return total
+
+
+def split_statistics(flat: Array, tasks: Sequence[Task]) -> list[SufficientStatistics]:
+    """Cut a vector produced by :func:`tasks_statistics` back into one result per task."""
+    out, pos = [], 0
+    for t in tasks:
+        out.append(t.unflatten(flat[pos : pos + t.flat_size]))
+        pos += t.flat_size
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Content hashes: a sample and random responsibilities that ignore partitioning
+# ---------------------------------------------------------------------------
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def mix64(z: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """splitmix64 finaliser, vectorised (wrap-around multiplication is intended)."""
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def row_hash(X: Array, w: Array | None, seed: int) -> NDArray[np.uint64]:
+    """64-bit hash of each row's values (and weight) and the seed.
+
+    Depends on the content only: the same row hashes the same in any partition. ``-0.0``
+    and ``0.0`` hash alike.
+    """
+    n, d = X.shape
+    bits = np.ascontiguousarray(X + 0.0).view(np.uint64)
+    with np.errstate(over="ignore"):
+        h = np.full(n, mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0])
+        for j in range(d):
+            h = mix64(h ^ (bits[:, j] + _GOLDEN * np.uint64(j + 1)))
+        if w is not None:
+            h = mix64(h ^ np.ascontiguousarray(w + 0.0).view(np.uint64))
+    return h
+
+
+def hash_to_unit(h: NDArray[np.uint64]) -> Array:
+    """Map 64-bit hashes to floats uniform in [0, 1)."""
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def sample_rows(
+    blocks: Iterable[tuple[Array, Array | None]], seed: int, fraction: float
+) -> tuple[Array, Array, Array]:
+    """Rows whose hash maps below ``fraction``, with their weights and hash values.
+
+    Returns
+    -------
+    X : ndarray of shape (m, d)
+    w : ndarray of shape (m,)
+    u : ndarray of shape (m,)
+        The uniform value of each row's hash, used to order the sample.
+    """
+    xs, ws, us = [], [], []
+    for X, w in blocks:
+        u = hash_to_unit(row_hash(X, w, seed))
+        keep = u < fraction
+        xs.append(X[keep])
+        ws.append(np.ones(int(keep.sum())) if w is None else w[keep])
+        us.append(u[keep])
+    if not xs:
+        return np.empty((0, 0)), np.empty(0), np.empty(0)
+    return np.concatenate(xs), np.concatenate(ws), np.concatenate(us)
+
+
+def order_sample(X: Array, w: Array, u: Array) -> tuple[Array, Array]:
+    """Sort a sample by hash value, then by content, so its order is reproducible."""
+    keys = [w] + [X[:, j] for j in range(X.shape[1] - 1, -1, -1)] + [u]
+    order = np.lexsort(keys)
+    return X[order], w[order]

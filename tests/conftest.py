@@ -1,0 +1,38 @@
+"""Shared fixtures: one local[2] SparkSession for the whole run, deterministic data."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from helpers import make_mixture
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A bare ``local[2]`` session, as a user would build it.
+
+    PYSPARK_PYTHON is deliberately *not* set: spark_gmm must make local workers use
+    this interpreter by itself (tests/test_session.py checks that it does).
+    """
+    os.environ.pop("PYSPARK_PYTHON", None)
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("spark_gmm-tests")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.default.parallelism", "4")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "2g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def mixture_data():
+    return make_mixture()

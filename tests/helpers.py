@@ -1,0 +1,38 @@
+"""Test helpers: generated mixtures with known parameters, tolerance checks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def make_mixture(
+    n: int = 1500,
+    d: int = 3,
+    k: int = 3,
+    seed: int = 0,
+    separation: float = 6.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows from a mixture of k elliptical Gaussians with known labels.
+
+    Returns
+    -------
+    X : ndarray of shape (n, d)
+    labels : ndarray of shape (n,)
+    """
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=separation, size=(k, d))
+    labels = rng.choice(k, size=n, p=np.arange(1, k + 1) / np.arange(1, k + 1).sum())
+    X = np.empty((n, d))
+    for j in range(k):
+        a = rng.normal(size=(d, d)) / np.sqrt(d)
+        cov = a @ a.T + 0.2 * np.eye(d)
+        rows = labels == j
+        X[rows] = rng.multivariate_normal(means[j], cov, size=int(rows.sum()))
+    return X, labels
+
+
+def rel_err(actual, expected) -> float:
+    """Largest absolute difference relative to the largest magnitude of ``expected``."""
+    actual = np.asarray(actual, dtype=float)
+    expected = np.asarray(expected, dtype=float)
+    return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-300))
