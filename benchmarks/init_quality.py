@@ -502,6 +502,20 @@ def write_markdown(
         for m in OURS
     ), ""]
 
+    expected = len(args.seeds)
+    missing = [
+        f"{name} / {method} ({int(n)} of {expected} seeds)"
+        for name, g in summary.groupby("dataset", sort=False)
+        for method in METHODS
+        for n in [g.loc[g["method"] == method, "runs"].sum()]
+        if n < expected
+    ]
+    if missing:
+        lines += [
+            "**Incomplete:** not every fit ran (the comparison above uses what did): "
+            + "; ".join(missing) + ".",
+            "",
+        ]
     ours = [r for r in runs if r.method in OURS and not math.isnan(r.mean_ll)]
     if ours:
         def worst(key: str) -> float:
@@ -609,6 +623,8 @@ def run_fits(args: argparse.Namespace, data: list[Dataset], methods: list[str]) 
             if spark is not None:
                 ctx["column_df"].unpersist()
                 ctx["vector_df"].unpersist()
+            if args.save:  # incremental, so that a long run can be stopped and still used
+                _save(args.save, runs, time.perf_counter() - start)
             print(
                 f"[{time.perf_counter() - start:7.1f} s] {ds.name}: "
                 f"{sum(r.dataset == ds.name for r in runs)} fits in "
@@ -619,6 +635,13 @@ def run_fits(args: argparse.Namespace, data: list[Dataset], methods: list[str]) 
         if spark is not None:
             spark.stop()
     return runs
+
+
+def _save(path: Path, runs: list[Run], elapsed: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"elapsed_seconds": elapsed, "runs": [asdict(r) for r in runs]}, indent=1)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -667,9 +690,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = run_fits(args, data, methods)
         elapsed = time.perf_counter() - start
     if args.save:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(json.dumps(
-            {"elapsed_seconds": elapsed, "runs": [asdict(r) for r in runs]}, indent=1))
+        _save(args.save, runs, elapsed)
         print(f"wrote {args.save} ({elapsed / 60:.1f} min)")
         return
 

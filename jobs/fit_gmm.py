@@ -1,6 +1,6 @@
 """spark-submit entry point: fit a Gaussian mixture (see ``spark_gmm.cli``).
 
-    spark-submit jobs/fit_gmm.py --config conf/demo.toml
+spark-submit jobs/fit_gmm.py --config conf/demo.toml
 """
 
 import sys

@@ -103,13 +103,13 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> FitConfig:
             raise ConfigError(
                 f"unknown config key '{key}'; known keys: {', '.join(sorted(known))}."
             )
-    config = FitConfig(
-        **{k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()}
-    )
+    config = FitConfig(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()})
     if bool(config.input) == bool(config.table):
         raise ConfigError("give exactly one of 'input' (a path) or 'table' (a catalog table).")
     if bool(config.features) == bool(config.features_col):
-        raise ConfigError("give exactly one of 'features' (columns) or 'features_col' (a vector column).")
+        raise ConfigError(
+            "give exactly one of 'features' (columns) or 'features_col' (a vector column)."
+        )
     return config
 
 
@@ -160,9 +160,7 @@ def _summary_text(model: Any, seconds: float) -> str:
         f"{'component':>9} {'weight':>8} {'rows':>8}  mean",
     ]
     for j, (w, size, mean) in enumerate(zip(model.weights, s.clusterSizes, model.means)):
-        lines.append(
-            f"{j:>9} {w:>8.4f} {size:>8d}  [{', '.join(f'{v:.3f}' for v in mean)}]"
-        )
+        lines.append(f"{j:>9} {w:>8.4f} {size:>8d}  [{', '.join(f'{v:.3f}' for v in mean)}]")
     return "\n".join(lines)
 
 

@@ -20,13 +20,18 @@ from numpy.typing import NDArray
 
 from spark_gmm.errors import InvalidInputError
 
-__all__ = ["FeatureSpec", "pack_batches", "resolve_features", "PACKED_SCHEMA_DDL"]
+__all__ = ["PACKED_SCHEMA_DDL", "FeatureSpec", "pack_batches", "resolve_features"]
 
 # One row per block. ``bad`` holds an int64 count per entry of FeatureSpec.problem_labels.
 PACKED_SCHEMA_DDL = "n long, x binary, w binary, bad binary, n_bad long"
 _PACKED_ARROW_SCHEMA = pa.schema(
-    [("n", pa.int64()), ("x", pa.binary()), ("w", pa.binary()), ("bad", pa.binary()),
-     ("n_bad", pa.int64())]
+    [
+        ("n", pa.int64()),
+        ("x", pa.binary()),
+        ("w", pa.binary()),
+        ("bad", pa.binary()),
+        ("n_bad", pa.int64()),
+    ]
 )
 
 FEATURE_PREFIX = "_gmm_f"
@@ -77,7 +82,9 @@ def _problem_labels(source: str, names: list[str], weight_col: str | None) -> li
 def make_spec(
     source: str, names: list[str], n_features: int, weight_col: str | None
 ) -> FeatureSpec:
-    return FeatureSpec(n_features, source, names, weight_col, _problem_labels(source, names, weight_col))
+    return FeatureSpec(
+        n_features, source, names, weight_col, _problem_labels(source, names, weight_col)
+    )
 
 
 # ---------------------------------------------------------------------------

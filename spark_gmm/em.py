@@ -168,9 +168,7 @@ def _initial_tasks(
             centres = X[rng.choice(X.shape[0], size=k, replace=False)]
         else:
             centre = (w @ X) / w.sum()
-            tasks.append(
-                kernels.RandomTask(centre, k, int(rng.integers(2**63)), covariance_type)
-            )
+            tasks.append(kernels.RandomTask(centre, k, int(rng.integers(2**63)), covariance_type))
             continue
         tasks.append(kernels.HardTask(np.array(centres), covariance_type))
     return tasks
@@ -224,9 +222,7 @@ def fit_em(
     if initial_params is not None:
         candidates = [Candidate(0, params=initial_params)]
     else:
-        tasks = _initial_tasks(
-            data, k, covariance_type, init_mode, n_init, seed, init_sample_size
-        )
+        tasks = _initial_tasks(data, k, covariance_type, init_mode, n_init, seed, init_sample_size)
         flat = data.statistics(tasks, f"initial M-step ({init_mode}, {n_init} candidate(s))")
         candidates = [Candidate(i) for i in range(len(tasks))]
         for cand, stats in zip(candidates, kernels.split_statistics(flat, tasks)):

@@ -34,7 +34,7 @@ from spark_gmm import kernels
 from spark_gmm.data import PACKED_SCHEMA_DDL, FeatureSpec, pack_batches, unpack_block
 from spark_gmm.errors import InvalidInputError
 
-__all__ = ["PreparedData", "prepare", "is_connect"]
+__all__ = ["PreparedData", "is_connect", "prepare"]
 
 log = logging.getLogger("spark_gmm")
 
@@ -59,7 +59,7 @@ def job_description(spark, text: str) -> Iterator[None]:
     try:
         yield
     finally:
-        sc.setJobDescription(previous)  # type: ignore[arg-type]
+        sc.setJobDescription(previous)
 
 
 # ---------------------------------------------------------------------------
@@ -132,6 +132,7 @@ class RddBlocks:
     ) -> Array:
         bc = self._sc.broadcast(payload)
         try:
+
             def per_partition(records):
                 yield fn(_rdd_blocks(records), bc.value)
 
@@ -326,6 +327,9 @@ def prepare(
         cache.release()
         raise
     if n_bad:
-        log.warning("skipped %d invalid rows (%s)", n_bad, ", ".join(
-            f"{label}: {int(c)}" for label, c in zip(spec.problem_labels, counts) if c))
+        log.warning(
+            "skipped %d invalid rows (%s)",
+            n_bad,
+            ", ".join(f"{label}: {int(c)}" for label, c in zip(spec.problem_labels, counts) if c),
+        )
     return PreparedData(spark, spec, n_rows, n_bad, cache, aggregation_depth)

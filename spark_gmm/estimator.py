@@ -158,14 +158,20 @@ class _GaussianMixtureParams(
         return self.getOrDefault(self.initialModel) if self.isDefined(self.initialModel) else None
 
     def getLogLikelihoodCol(self) -> str | None:
-        return self.getOrDefault(self.logLikelihoodCol) if self.isDefined(self.logLikelihoodCol) else None
+        return (
+            self.getOrDefault(self.logLikelihoodCol)
+            if self.isDefined(self.logLikelihoodCol)
+            else None
+        )
 
     def getInitSampleSize(self) -> int:
         return self.getOrDefault(self.initSampleSize)
 
     def _opt(self, param: Param[Any]) -> Any:
         """Value of an optional param, None when unset or empty."""
-        return self.getOrDefault(param) if self.isDefined(param) and self.getOrDefault(param) else None
+        return (
+            self.getOrDefault(param) if self.isDefined(param) and self.getOrDefault(param) else None
+        )
 
     def _validate_params(self) -> None:
         """Check every param against its constraint, before any Spark job runs."""
@@ -284,6 +290,8 @@ class GaussianMixture(Estimator["GaussianMixtureModel"], _GaussianMixtureParams)
     >>> model.transform(df).select("prediction", "probability")    # doctest: +SKIP
     """
 
+    _input_kwargs: dict[str, Any]
+
     @keyword_only
     def __init__(
         self,
@@ -380,7 +388,10 @@ class GaussianMixture(Estimator["GaussianMixtureModel"], _GaussianMixtureParams)
         initial_params = None
         if initial is not None:
             initial_params = initial.mixtureParameters
-            if initial_params.n_components != k or initial_params.covariance_type != covariance_type:
+            if (
+                initial_params.n_components != k
+                or initial_params.covariance_type != covariance_type
+            ):
                 raise InvalidInputError(
                     f"initialModel has k={initial_params.n_components} and covarianceType="
                     f"{initial_params.covariance_type!r}, but this estimator has k={k} and "
@@ -668,9 +679,7 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams):
         if handle == "skip":
             out = out.where(F.col(f"{tmp}.prediction").isNotNull())
         out = out.withColumn(self.getPredictionCol(), F.col(f"{tmp}.prediction"))
-        out = out.withColumn(
-            self.getProbabilityCol(), array_to_vector(F.col(f"{tmp}.probability"))
-        )
+        out = out.withColumn(self.getProbabilityCol(), array_to_vector(F.col(f"{tmp}.probability")))
         ll_col = self.getLogLikelihoodCol()
         if ll_col:
             out = out.withColumn(ll_col, F.col(f"{tmp}.loglik"))
@@ -683,7 +692,7 @@ def _rows_from_series(
     """Feature matrix and invalid-row mask from the pandas inputs of the scoring UDF."""
     if source == "columns":
         X = np.column_stack([np.asarray(c, dtype=np.float64) for c in cols])
-        return X, ~np.isfinite(X).all(axis=1)
+        return X, np.asarray(~np.isfinite(X).all(axis=1), dtype=bool)
     series = cols[0]
     n = len(series)
     X = np.zeros((n, d))
@@ -695,4 +704,4 @@ def _rows_from_series(
         else:
             X[i] = v
     bad |= ~np.isfinite(X).all(axis=1)
-    return X, bad
+    return X, np.asarray(bad, dtype=bool)

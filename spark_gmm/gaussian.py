@@ -43,8 +43,8 @@ __all__ = [
     "m_step",
     "n_parameters",
     "precision_cholesky_from_precisions",
-    "score_samples",
     "predict_proba",
+    "score_samples",
 ]
 
 Array = NDArray[np.float64]
@@ -66,8 +66,7 @@ def check_covariance_type(covariance_type: str) -> str:
     """Return ``covariance_type`` or raise a ``ValueError`` listing the valid ones."""
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(
-            f"covarianceType must be one of {', '.join(COVARIANCE_TYPES)}; "
-            f"got {covariance_type!r}."
+            f"covarianceType must be one of {', '.join(COVARIANCE_TYPES)}; got {covariance_type!r}."
         )
     return covariance_type
 
@@ -176,9 +175,7 @@ def _check_weights(weights: Array, k: int) -> None:
 
 def covariance_shape(covariance_type: str, k: int, d: int) -> tuple[int, ...]:
     """Shape of ``covariances`` (and ``precisions_chol``) for a covariance type."""
-    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[
-        covariance_type
-    ]
+    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
 
 
 def n_parameters(covariance_type: str, k: int, d: int) -> int:
@@ -210,8 +207,8 @@ def compute_precision_cholesky(covariances: Array, covariance_type: str) -> Arra
         Naming the first component whose covariance is not positive definite.
     """
     if covariance_type in ("full", "tied"):
-        mats = covariances.reshape((-1,) + covariances.shape[-2:])
-        d = mats.shape[-1]
+        d = covariances.shape[-1]
+        mats = covariances.reshape(-1, d, d)
         out = np.empty_like(mats)
         eye = np.eye(d)
         for i, cov in enumerate(mats):
@@ -221,25 +218,15 @@ def compute_precision_cholesky(covariances: Array, covariance_type: str) -> Arra
                 raise ComponentNotPositiveDefiniteError(
                     None if covariance_type == "tied" else i, len(mats)
                 ) from None
-            # cov = L L'  =>  precision = L^-T L^-1, whose upper factor is L^-T.
-            out[i] = _solve_lower(cov_chol, eye).T
+            # cov = L L'  =>  precision = L^-T L^-1, whose upper factor is L^-T. numpy has
+            # no triangular solver (scipy is not a dependency); LU on a d x d triangular
+            # matrix once per M-step is as accurate and costs nothing next to a data pass.
+            out[i] = np.linalg.solve(cov_chol, eye).T
         return out.reshape(covariances.shape)
     bad = np.flatnonzero(~(np.asarray(covariances) > 0.0).reshape(len(covariances), -1).all(1))
-    if covariance_type == "diag" and bad.size:
+    if bad.size:
         raise ComponentNotPositiveDefiniteError(int(bad[0]), covariances.shape[0])
-    if covariance_type == "spherical" and bad.size:
-        raise ComponentNotPositiveDefiniteError(int(bad[0]), covariances.shape[0])
-    return 1.0 / np.sqrt(covariances)
-
-
-def _solve_lower(lower: Array, rhs: Array) -> Array:
-    """Solve ``lower @ x = rhs`` for a lower-triangular matrix by forward substitution.
-
-    numpy has no triangular solver and scipy is not a dependency; ``np.linalg.solve``
-    (LU with pivoting) is as accurate for a well-conditioned triangular matrix, and the
-    matrices here are at most a few hundred wide, solved once per M-step.
-    """
-    return np.linalg.solve(lower, rhs)
+    return np.asarray(1.0 / np.sqrt(covariances), dtype=np.float64)
 
 
 def precision_cholesky_from_precisions(precisions: Array, covariance_type: str) -> Array:
@@ -251,7 +238,8 @@ def precision_cholesky_from_precisions(precisions: Array, covariance_type: str) 
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
     """
     if covariance_type in ("full", "tied"):
-        mats = precisions.reshape((-1,) + precisions.shape[-2:])
+        d = precisions.shape[-1]
+        mats = precisions.reshape(-1, d, d)
         out = np.empty_like(mats)
         for i, prec in enumerate(mats):
             # Reversing rows and columns turns the lower Cholesky factor of the flipped
@@ -273,14 +261,14 @@ def covariances_from_precisions_cholesky(precisions_chol: Array, covariance_type
     """Covariances from the Cholesky factors of the precisions (inverse of
     :func:`compute_precision_cholesky`)."""
     if covariance_type in ("full", "tied"):
-        mats = precisions_chol.reshape((-1,) + precisions_chol.shape[-2:])
-        d = mats.shape[-1]
+        d = precisions_chol.shape[-1]
+        mats = precisions_chol.reshape(-1, d, d)
         out = np.empty_like(mats)
         for i, upper in enumerate(mats):
             inv = np.linalg.solve(upper, np.eye(d))  # U^-1; covariance = U^-T U^-1
             out[i] = inv.T @ inv
         return out.reshape(precisions_chol.shape)
-    return 1.0 / precisions_chol**2
+    return np.asarray(1.0 / precisions_chol**2, dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------
@@ -468,9 +456,7 @@ class SufficientStatistics:
         return 2 + 2 * k + k * d + scatter
 
     @classmethod
-    def from_flat(
-        cls, flat: Array, covariance_type: str, centres: Array
-    ) -> SufficientStatistics:
+    def from_flat(cls, flat: Array, covariance_type: str, centres: Array) -> SufficientStatistics:
         """Inverse of :meth:`to_flat`; ``centres`` are those the statistics were built on."""
         k, d = centres.shape
         if flat.shape != (cls.flat_size(covariance_type, k, d),):

@@ -147,9 +147,9 @@ def row_hash(X: Array, w: Array | None, seed: int) -> NDArray[np.uint64]:
     with np.errstate(over="ignore"):
         h = np.full(n, mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0])
         for j in range(d):
-            h = mix64(h ^ (bits[:, j] + _GOLDEN * np.uint64(j + 1)))
+            h = mix64(np.bitwise_xor(h, bits[:, j] + _GOLDEN * np.uint64(j + 1)))
         if w is not None:
-            h = mix64(h ^ np.ascontiguousarray(w + 0.0).view(np.uint64))
+            h = mix64(np.bitwise_xor(h, np.ascontiguousarray(w + 0.0).view(np.uint64)))
     return h
 
 

@@ -127,7 +127,9 @@ def kmeans(
     """
     best, best_inertia = None, np.inf
     for _ in range(n_restarts):
-        centres, inertia = _lloyd(X, sample_weight, kmeans_plusplus(X, sample_weight, k, rng), max_iter, tol)
+        centres, inertia = _lloyd(
+            X, sample_weight, kmeans_plusplus(X, sample_weight, k, rng), max_iter, tol
+        )
         if inertia < best_inertia:
             best, best_inertia = centres, inertia
     assert best is not None

@@ -20,7 +20,9 @@ from spark_gmm.kmeans import kmeans
 def _start(X, k, covariance_type):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gm = SkGaussianMixture(k, covariance_type=covariance_type, max_iter=1, random_state=3).fit(X)
+        gm = SkGaussianMixture(k, covariance_type=covariance_type, max_iter=1, random_state=3).fit(
+            X
+        )
     return gm.weights_, gm.means_, gm.precisions_
 
 
@@ -84,7 +86,14 @@ def test_result_does_not_depend_on_blocking(init_mode):
     """The initial sample is chosen by content hash, so blocking cannot change the model."""
     X, _ = make_mixture(n=1000, d=3, k=3, seed=14)
     results = [
-        fit_em(InMemoryData(X, n_blocks=b), 3, "full", init_mode=init_mode, seed=2, init_sample_size=300)
+        fit_em(
+            InMemoryData(X, n_blocks=b),
+            3,
+            "full",
+            init_mode=init_mode,
+            seed=2,
+            init_sample_size=300,
+        )
         for b in (1, 3, 16)
     ]
     for other in results[1:]:

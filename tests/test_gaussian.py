@@ -151,7 +151,7 @@ def test_singular_covariance_is_named(covariance_type):
     stats = gaussian.hard_assignment_statistics(
         X, None, np.array([[0.0, 0.0], [10.0, 10.0]]), covariance_type
     )
-    with pytest.raises(ComponentNotPositiveDefiniteError, match="component 0 .*regCovar"):
+    with pytest.raises(ComponentNotPositiveDefiniteError, match=r"component 0 .*regCovar"):
         gaussian.m_step(stats, reg_covar=0.0)
     # The same statistics are fine once regCovar is added.
     params = gaussian.m_step(stats, reg_covar=1e-6)

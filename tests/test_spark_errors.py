@@ -26,7 +26,10 @@ def _no_iteration_ran(caplog):
 
 
 def _fit_error(df, caplog, **params):
-    with caplog.at_level(logging.INFO, logger="spark_gmm"), pytest.raises(InvalidInputError) as info:
+    with (
+        caplog.at_level(logging.INFO, logger="spark_gmm"),
+        pytest.raises(InvalidInputError) as info,
+    ):
         GaussianMixture(**params).fit(df)
     assert _no_iteration_ran(caplog)
     return str(info.value)
@@ -77,7 +80,10 @@ def test_empty_input(good, caplog):
 
 def test_nan_inf_null_features_name_column_and_count(spark, caplog):
     pdf = pd.DataFrame(
-        {"a": [1.0, np.nan, 3.0, np.inf, 5.0, 6.0, 7.0], "b": [1.0, 2.0, None, 4.0, 5.0, 6.0, -np.inf]}
+        {
+            "a": [1.0, np.nan, 3.0, np.inf, 5.0, 6.0, 7.0],
+            "b": [1.0, 2.0, None, 4.0, 5.0, 6.0, -np.inf],
+        }
     )
     df = spark.createDataFrame(pdf)
     msg = _fit_error(df, caplog, k=2, inputCols=["a", "b"])
@@ -101,7 +107,8 @@ def test_skip_drops_and_counts_invalid_rows(spark):
 
 def test_vectors_of_different_lengths(spark, caplog):
     df = spark.createDataFrame(
-        [([1.0, 2.0],), ([3.0, 4.0],), ([5.0, 6.0, 7.0],), ([8.0, 9.0],), (None,)], "v array<double>"
+        [([1.0, 2.0],), ([3.0, 4.0],), ([5.0, 6.0, 7.0],), ([8.0, 9.0],), (None,)],
+        "v array<double>",
     )
     msg = _fit_error(df, caplog, k=1, featuresCol="v")
     assert "vectors of a different length: 1" in msg
@@ -110,7 +117,9 @@ def test_vectors_of_different_lengths(spark, caplog):
 
 def test_negative_and_null_weights(spark, caplog):
     df = spark.createDataFrame(
-        pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [1.0, 0.0, 1.0, 0.0], "w": [1.0, -2.0, None, 1.0]})
+        pd.DataFrame(
+            {"a": [1.0, 2.0, 3.0, 4.0], "b": [1.0, 0.0, 1.0, 0.0], "w": [1.0, -2.0, None, 1.0]}
+        )
     )
     msg = _fit_error(df, caplog, k=1, inputCols=["a", "b"], weightCol="w")
     assert "weight column 'w': null, NaN, infinite or negative weights: 2" in msg

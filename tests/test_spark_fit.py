@@ -47,7 +47,9 @@ def test_distributed_em_equals_sklearn_from_same_start(data, covariance_type):
     X, _, df = data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        start = SkGaussianMixture(3, covariance_type=covariance_type, max_iter=1, random_state=0).fit(X)
+        start = SkGaussianMixture(
+            3, covariance_type=covariance_type, max_iter=1, random_state=0
+        ).fit(X)
         ref = SkGaussianMixture(
             3,
             covariance_type=covariance_type,
@@ -231,3 +233,24 @@ def test_model_helpers_and_gaussians_df(data):
     assert abs(sum(model.weights) - 1.0) < 1e-12
     assert model.summary.k == 3 and model.summary.numRows == len(X)
     assert model.summary.predictions.count() == len(X)
+
+
+@pytest.mark.parametrize("use_rdd", [True, False])
+def test_both_caches_and_many_partitions_give_the_same_model(spark, data, use_rdd):
+    """The RDD cache and the DataFrame cache (the Spark Connect path) agree, also with
+    enough partitions for an intermediate aggregation level."""
+    from spark_gmm.data import resolve_features
+    from spark_gmm.engine import prepare
+
+    X, _, _ = data
+    df = _frame(spark, X, partitions=40)
+    spec, columns = resolve_features(df, COLS, "features", None)
+    prepared = prepare(df, spec, columns, "error", aggregation_depth=2, use_rdd=use_rdd)
+    try:
+        result = fit_em(prepared, 3, "full", seed=4)
+    finally:
+        prepared.release()
+    local = fit_em(InMemoryData(X), 3, "full", seed=4)
+    assert result.n_iter == local.n_iter
+    assert rel_err(result.params.means, local.params.means) < 1e-9
+    assert rel_err(result.params.covariances, local.params.covariances) < 1e-9
