@@ -178,6 +178,7 @@ def fit_main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from spark_gmm import GaussianMixture, InvalidInputError
+    from spark_gmm.errors import short_error
     from spark_gmm.session import build_session
 
     spark = build_session(config.app_name, master=config.master or None)
@@ -237,8 +238,7 @@ def fit_main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # AnalysisException (missing path/table) and the like
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {type(exc).__name__}: {first_line}", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {short_error(exc)}", file=sys.stderr)
         log.debug("fit failed", exc_info=True)
         return 1
     finally:

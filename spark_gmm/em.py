@@ -158,10 +158,14 @@ def _initial_tasks(
             "(in the initialisation sample). Use a smaller k."
         )
     tasks: list[kernels.Task] = []
-    for seq in np.random.SeedSequence(seed).spawn(n_init):
+    for i, seq in enumerate(np.random.SeedSequence(seed).spawn(n_init)):
+        # Child seeds do not depend on n_init, so candidate 0 is the nInit=1 fit and more
+        # candidates can only raise the final log-likelihood.
         rng = np.random.default_rng(seq)
         if init_mode == "kmeans":
-            centres = kmeans(X, w, k, rng)
+            # Candidate 0 is the robust start (best k-means of 3); the others are single
+            # k-means runs, which differ more from each other and explore other optima.
+            centres = kmeans(X, w, k, rng, n_restarts=3 if i == 0 else 1)
         elif init_mode == "k-means++":
             centres = kmeans_plusplus(X, w, k, rng)
         elif init_mode == "random_from_data":

@@ -172,7 +172,30 @@ class DataFrameBlocks:
 
         return self.df.select("n", "x", "w").mapInArrow(per_partition, "out binary")
 
+    @contextmanager
+    def _small_arrow_batches(self) -> Iterator[None]:
+        """Send the cached blocks a few at a time: with the default 10,000 records per
+        Arrow batch a whole partition of multi-MB blocks becomes one batch, which was
+        measured 2x slower per scan than batches of 16 blocks."""
+        conf = self.df.sparkSession.conf
+        key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+        previous = conf.get(key, None)
+        conf.set(key, "16")
+        try:
+            yield
+        finally:
+            if previous is None:
+                conf.unset(key)
+            else:
+                conf.set(key, previous)
+
     def run(
+        self, fn: Callable[[Blocks, Any], Array], payload: Any, aggregation_depth: int
+    ) -> Array:
+        with self._small_arrow_batches():
+            return self._run(fn, payload, aggregation_depth)
+
+    def _run(
         self, fn: Callable[[Blocks, Any], Array], payload: Any, aggregation_depth: int
     ) -> Array:
         out = self._map(fn, payload, lambda a: np.asarray(a, dtype=np.float64).tobytes())
@@ -189,7 +212,8 @@ class DataFrameBlocks:
         return total
 
     def collect(self, fn: Callable[[Blocks, Any], bytes], payload: Any) -> list[bytes]:
-        return [row[0] for row in self._map(fn, payload, lambda b: b).collect()]
+        with self._small_arrow_batches():
+            return [row[0] for row in self._map(fn, payload, lambda b: b).collect()]
 
     def release(self) -> None:
         self.df.unpersist()

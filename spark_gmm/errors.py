@@ -55,3 +55,16 @@ class ComponentCollapseError(GaussianMixtureError):
             f"Component {component} (of {n_components}) collapsed: its share of the total "
             f"weight fell to {share:.3g}, so no rows support it. {_REMEDY}"
         )
+
+
+def short_error(exc: BaseException, limit: int = 300) -> str:
+    """One line saying what went wrong, without a JVM stack trace.
+
+    Py4J errors print "An error occurred while calling o123.method" first; the Java
+    exception underneath says what actually happened.
+    """
+    java = getattr(exc, "java_exception", None)
+    text = str(java.toString()) if java is not None else str(exc)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    return first[:limit]

@@ -32,6 +32,7 @@ from pyspark.ml.param.shared import (
     HasTol,
     HasWeightCol,
 )
+from pyspark.ml.util import MLReadable, MLWritable
 
 from spark_gmm import gaussian
 from spark_gmm.data import resolve_features
@@ -272,11 +273,28 @@ class GaussianMixtureSummary:
 
     @property
     def predictions(self) -> Any:
-        """The training DataFrame transformed by the model (lazy)."""
+        """The training DataFrame transformed by the model (lazy; not kept by save/load)."""
+        if self._dataset is None:
+            raise RuntimeError("predictions are not available on a loaded model's summary.")
         return self._model.transform(self._dataset)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy of the numbers (no DataFrames)."""
+        return {
+            name: getattr(self, name)
+            for name in self.__dataclass_fields__
+            if not name.startswith("_")
+        }
 
-class GaussianMixture(Estimator["GaussianMixtureModel"], _GaussianMixtureParams):
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], model: Any = None) -> GaussianMixtureSummary:
+        known = {n for n in cls.__dataclass_fields__ if not n.startswith("_")}
+        return cls(**{k: v for k, v in values.items() if k in known}, _model=model)
+
+
+class GaussianMixture(
+    Estimator["GaussianMixtureModel"], _GaussianMixtureParams, MLWritable, MLReadable[Any]
+):
     """Gaussian mixture clustering fitted by distributed EM.
 
     A drop-in for :class:`pyspark.ml.clustering.GaussianMixture` (same param names and
@@ -380,6 +398,18 @@ class GaussianMixture(Estimator["GaussianMixtureModel"], _GaussianMixtureParams)
     def setInitSampleSize(self, value: int) -> GaussianMixture:
         return self._set(initSampleSize=value)
 
+    def write(self) -> Any:
+        """An ``MLWriter``: ``gm.write().overwrite().save(path)``; params as JSON."""
+        from spark_gmm.persistence import GaussianMixtureWriter
+
+        return GaussianMixtureWriter(self)
+
+    @classmethod
+    def read(cls) -> Any:
+        from spark_gmm.persistence import GaussianMixtureReader
+
+        return GaussianMixtureReader(cls)
+
     def _fit(self, dataset: Any) -> GaussianMixtureModel:
         self._validate_params()
         k = self.getK()
@@ -458,7 +488,7 @@ class GaussianMixture(Estimator["GaussianMixtureModel"], _GaussianMixtureParams)
         return self._copyValues(model)
 
 
-class GaussianMixtureModel(Model, _GaussianMixtureParams):
+class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable[Any]):
     """A fitted (or hand-built) Gaussian mixture.
 
     Build one from numbers with :meth:`fromParameters`. ``transform`` adds
@@ -486,6 +516,18 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams):
         """A model from weights (k,), means (k, d) and covariances (sklearn's shapes)."""
         params = MixtureParameters.from_covariances(weights, means, covariances, covarianceType)
         return cls(params)
+
+    def write(self) -> Any:
+        """An ``MLWriter``: ``model.write().overwrite().save(path)`` (JSON + Parquet, no pickle)."""
+        from spark_gmm.persistence import GaussianMixtureModelWriter
+
+        return GaussianMixtureModelWriter(self)
+
+    @classmethod
+    def read(cls) -> Any:
+        from spark_gmm.persistence import GaussianMixtureModelReader
+
+        return GaussianMixtureModelReader(cls)
 
     # -- fitted parameters -------------------------------------------------
 
@@ -593,6 +635,108 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams):
         X = np.asarray(value.toArray() if hasattr(value, "toArray") else value, dtype=np.float64)
         return DenseVector(self.predict_proba(X)[0])
 
+    # -- model statistics, sampling, sklearn interop ---------------------------
+
+    def _n_parameters(self) -> int:
+        p = self.mixtureParameters
+        return gaussian.n_parameters(p.covariance_type, p.n_components, p.n_features)
+
+    def _total_log_likelihood(self, dataset: Any) -> tuple[float, int]:
+        from pyspark.sql import functions as F
+
+        ll = "__spark_gmm_ll"
+        scored = self.copy({self.logLikelihoodCol: ll}).transform(dataset)
+        row = scored.agg(F.sum(ll).alias("ll"), F.count(F.lit(1)).alias("n")).collect()[0]
+        return float(row["ll"] or 0.0), int(row["n"])
+
+    def bic(self, dataset: Any) -> float:
+        """Bayesian information criterion on a DataFrame (sklearn's ``bic``; lower is better)."""
+        total, n = self._total_log_likelihood(dataset)
+        return -2.0 * total + self._n_parameters() * math.log(n)
+
+    def aic(self, dataset: Any) -> float:
+        """Akaike information criterion on a DataFrame (sklearn's ``aic``; lower is better)."""
+        total, _ = self._total_log_likelihood(dataset)
+        return -2.0 * total + 2.0 * self._n_parameters()
+
+    def sample(self, n: int, seed: int | None = None) -> tuple[Array, NDArray[np.int64]]:
+        """Draw ``n`` rows from the mixture on the driver, like sklearn's ``sample``.
+
+        Returns
+        -------
+        X : ndarray of shape (n, d)
+        labels : ndarray of shape (n,)
+            The component each row was drawn from.
+        """
+        return gaussian.sample(self.mixtureParameters, n, np.random.default_rng(seed))
+
+    def sampleDF(self, spark: Any, n: int, seed: int = 0, numPartitions: int = 4) -> Any:
+        """A DataFrame of ``n`` rows drawn on the executors: ``features`` (vector), ``label``.
+
+        Each partition draws its share with its own child seed, so the result depends
+        only on ``(n, seed, numPartitions)``.
+        """
+        import pyarrow as pa
+        from pyspark.ml.functions import array_to_vector
+        from pyspark.sql import functions as F
+
+        if n < 0 or numPartitions < 1:
+            raise InvalidInputError("sampleDF needs n >= 0 and numPartitions >= 1.")
+        params = self.mixtureParameters
+        bounds = np.linspace(0, n, numPartitions + 1).astype(np.int64)
+        seeds = [
+            int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(numPartitions)
+        ]
+
+        def draw(batches: Any) -> Any:
+            for batch in batches:
+                for part in batch.column(0).to_pylist():
+                    size = int(bounds[part + 1] - bounds[part])
+                    X, labels = gaussian.sample(params, size, np.random.default_rng(seeds[part]))
+                    yield pa.RecordBatch.from_arrays(
+                        [
+                            pa.array(list(X), pa.list_(pa.float64())),
+                            pa.array(labels.astype(np.int32), pa.int32()),
+                        ],
+                        names=["features", "label"],
+                    )
+
+        parts = spark.range(numPartitions, numPartitions=numPartitions).select(
+            F.col("id").cast("int").alias("part")
+        )
+        out = parts.mapInArrow(draw, "features array<double>, label int")
+        return out.select(array_to_vector(F.col("features")).alias("features"), "label")
+
+    def toSklearn(self) -> Any:
+        """A fitted ``sklearn.mixture.GaussianMixture`` with these parameters."""
+        try:
+            from sklearn.mixture import GaussianMixture as SkGaussianMixture
+        except ImportError:  # pragma: no cover - sklearn is a dev extra
+            raise ImportError("toSklearn needs scikit-learn: pip install scikit-learn") from None
+        p = self.mixtureParameters
+        gm = SkGaussianMixture(n_components=p.n_components, covariance_type=p.covariance_type)
+        gm.weights_ = p.weights.copy()
+        gm.means_ = p.means.copy()
+        gm.covariances_ = p.covariances.copy()
+        gm.precisions_cholesky_ = p.precisions_chol.copy()
+        # sklearn derives precisions_ from the Cholesky factors the same way.
+        if p.covariance_type == "full":
+            gm.precisions_ = np.einsum("kij,klj->kil", p.precisions_chol, p.precisions_chol)
+        elif p.covariance_type == "tied":
+            gm.precisions_ = p.precisions_chol @ p.precisions_chol.T
+        else:
+            gm.precisions_ = p.precisions_chol**2
+        gm.converged_ = self._summary.converged if self._summary else True
+        gm.n_iter_ = self._summary.numIter if self._summary else 0
+        gm.lower_bound_ = self._summary.meanLogLikelihood if self._summary else float("nan")
+        gm.n_features_in_ = p.n_features
+        return gm
+
+    @classmethod
+    def fromSklearn(cls, gm: Any) -> GaussianMixtureModel:
+        """A model from a fitted ``sklearn.mixture.GaussianMixture``."""
+        return cls.fromParameters(gm.weights_, gm.means_, gm.covariances_, gm.covariance_type)
+
     # -- Spark transform ------------------------------------------------------
 
     def setFeaturesCol(self, value: str) -> GaussianMixtureModel:
@@ -647,8 +791,9 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams):
             X, bad = _rows_from_series(cols, source, d)
             if handle == "error" and bad.any():
                 raise InvalidInputError(
-                    f"{int(bad.sum())} rows have null, NaN, infinite or wrongly sized "
-                    f"features in {', '.join(repr(n) for n in names)}. Clean them, or set "
+                    f"{int(bad.sum())} row(s) of a batch (the first found; others may follow) "
+                    "have null, NaN, infinite or wrongly sized features in "
+                    f"{', '.join(repr(n) for n in names)}. Clean them, or set "
                     "handleInvalid='skip' (drop the rows) or 'keep' (null outputs)."
                 )
             n = len(bad)
@@ -679,7 +824,11 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams):
         if handle == "skip":
             out = out.where(F.col(f"{tmp}.prediction").isNotNull())
         out = out.withColumn(self.getPredictionCol(), F.col(f"{tmp}.prediction"))
-        out = out.withColumn(self.getProbabilityCol(), array_to_vector(F.col(f"{tmp}.probability")))
+        proba = F.col(f"{tmp}.probability")
+        # array_to_vector fails on null; rows kept under handleInvalid='keep' have none.
+        out = out.withColumn(
+            self.getProbabilityCol(), F.when(proba.isNotNull(), array_to_vector(proba))
+        )
         ll_col = self.getLogLikelihoodCol()
         if ll_col:
             out = out.withColumn(ll_col, F.col(f"{tmp}.loglik"))

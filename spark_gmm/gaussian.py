@@ -112,7 +112,7 @@ class MixtureParameters:
         Parameters
         ----------
         weights : array-like of shape (k,)
-            Non-negative, summing to 1 (renormalised if off by rounding).
+            Non-negative, summing to 1 (within 1e-6).
         means : array-like of shape (k, d)
         covariances : array-like, shape per ``covariance_type``
         covariance_type : {'full', 'tied', 'diag', 'spherical'}
@@ -168,9 +168,10 @@ def _check_weights(weights: Array, k: int) -> None:
     if not np.all(np.isfinite(weights)) or np.any(weights < 0):
         raise ValueError("weights must be finite and non-negative.")
     total = float(weights.sum())
+    # Kept as given (no renormalisation), so that saved and loaded models score alike
+    # to the last bit.
     if not abs(total - 1.0) <= 1e-6:
         raise ValueError(f"weights must sum to 1; they sum to {total!r}.")
-    weights /= total
 
 
 def covariance_shape(covariance_type: str, k: int, d: int) -> tuple[int, ...]:
@@ -704,3 +705,41 @@ def m_step(stats: SufficientStatistics, reg_covar: float) -> MixtureParameters:
     precisions_chol = compute_precision_cholesky(covariances, stats.covariance_type)
     weights = nk / nk.sum()
     return MixtureParameters(weights, means, covariances, precisions_chol, stats.covariance_type)
+
+
+# ---------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------
+
+
+def sample(
+    params: MixtureParameters, n: int, rng: np.random.Generator
+) -> tuple[Array, NDArray[np.int64]]:
+    """Draw ``n`` rows from the mixture.
+
+    Parameters
+    ----------
+    params : MixtureParameters
+    n : int
+    rng : numpy Generator
+
+    Returns
+    -------
+    X : ndarray of shape (n, d)
+    labels : ndarray of shape (n,)
+    """
+    k, d = params.n_components, params.n_features
+    counts = rng.multinomial(n, params.weights)
+    labels = np.repeat(np.arange(k), counts)
+    z = rng.standard_normal((n, d))
+    X = np.empty((n, d))
+    start = 0
+    for j, count in enumerate(counts):
+        rows = slice(start, start + count)
+        start += count
+        if params.covariance_type in ("full", "tied"):
+            cov = params.covariances[j] if params.covariance_type == "full" else params.covariances
+            X[rows] = params.means[j] + z[rows] @ np.linalg.cholesky(cov).T
+        else:
+            X[rows] = params.means[j] + z[rows] * np.sqrt(params.covariances[j])
+    return X, labels

@@ -1,0 +1,264 @@
+"""Saving and loading models and estimators without pickle.
+
+A model directory holds
+
+* ``metadata/``: one JSON line in Spark ML's ``DefaultParamsWriter`` layout (``class``,
+  ``uid``, ``paramMap``, ``sparkVersion``...) plus ``spark_gmm`` fields: ``formatVersion``,
+  ``libraryVersion``, ``k``, ``numFeatures``, ``covarianceType``, ``featureNames`` and the
+  training summary. Spark's ``Pipeline`` reader finds the class there, so pipelines
+  containing our stages round-trip;
+* ``data/``: Parquet, one row per array: ``name`` (``weights``, ``means``,
+  ``covariances``), ``shape`` (array<int>) and ``values`` (array<double>, row-major).
+
+Nothing is pickled or evaluated: JSON and Parquet only. Everything goes through Spark's
+readers and writers, so any Hadoop-compatible path works (local, HDFS, object stores).
+
+A save writes into a sibling temporary directory and renames it into place at the end
+(atomic on local and HDFS file systems), so an interrupted save leaves no directory that
+:func:`load_model` accepts; where the rename is unavailable (Spark Connect) the metadata
+is written last, and a directory without it is refused.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
+
+from spark_gmm.errors import GaussianMixtureError, short_error
+from spark_gmm.gaussian import MixtureParameters, covariance_shape
+
+__all__ = ["FORMAT_VERSION", "ModelFormatError"]
+
+FORMAT_VERSION = 1
+_ARRAY_NAMES = ("weights", "means", "covariances")
+# Params that hold objects, not JSON values; saved separately or not at all.
+_OBJECT_PARAMS = ("initialModel",)
+
+
+class ModelFormatError(GaussianMixtureError):
+    """A saved model directory is missing, incomplete, corrupt or of an unknown format."""
+
+
+def _json_params(instance: Any) -> dict[str, Any]:
+    return {p.name: v for p, v in instance._paramMap.items() if p.name not in _OBJECT_PARAMS}
+
+
+def _hadoop_fs(spark: Any, path: str) -> tuple[Any, Any] | None:
+    """The Hadoop FileSystem and Path of ``path``, or None without a JVM (Spark Connect)."""
+    from spark_gmm.engine import is_connect
+
+    if is_connect(spark):
+        return None
+    jpath = _jvm_path(spark, path)
+    return jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), jpath
+
+
+def _jvm_path(spark: Any, path: str) -> Any:
+    return spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
+
+
+def _exists(spark: Any, path: str) -> bool:
+    fs = _hadoop_fs(spark, path)
+    return bool(fs and fs[0].exists(fs[1]))
+
+
+class _AtomicWriter(MLWriter):
+    """Writes into ``<path>._tmp-<uuid>`` then renames it to ``path``."""
+
+    def __init__(self, instance: Any) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def save(self, path: str) -> None:
+        path = path.rstrip("/")
+        if _exists(self.sparkSession, path):
+            if not self.shouldOverwrite:
+                raise ModelFormatError(
+                    f"{path} already exists; use write().overwrite().save(path) to replace it."
+                )
+        fs = _hadoop_fs(self.sparkSession, path)
+        if fs is None:  # no rename available: metadata is written last instead
+            if self.shouldOverwrite:
+                self._handleOverwrite(path)
+            self.saveImpl(path)
+            return
+        filesystem, final = fs
+        tmp = f"{path}._tmp-{uuid.uuid4().hex}"
+        jtmp = _jvm_path(self.sparkSession, tmp)
+        try:
+            self.saveImpl(tmp)
+            if self.shouldOverwrite and filesystem.exists(final):
+                filesystem.delete(final, True)
+            if not filesystem.rename(jtmp, final):
+                raise ModelFormatError(f"could not move the saved model into place at {path}.")
+        finally:
+            if filesystem.exists(jtmp):
+                filesystem.delete(jtmp, True)
+
+
+class GaussianMixtureModelWriter(_AtomicWriter):
+    def saveImpl(self, path: str) -> None:
+        model = self.instance
+        params: MixtureParameters = model.mixtureParameters
+        spark = self.sparkSession
+        rows = [
+            (name, [int(s) for s in arr.shape], [float(v) for v in np.ravel(arr)])
+            for name, arr in (
+                ("weights", params.weights),
+                ("means", params.means),
+                ("covariances", params.covariances),
+            )
+        ]
+        spark.createDataFrame(rows, "name string, shape array<int>, values array<double>").coalesce(
+            1
+        ).write.parquet(f"{path}/data")
+        summary = model._summary
+        extra = {
+            "formatVersion": FORMAT_VERSION,
+            "libraryVersion": _library_version(),
+            "k": params.n_components,
+            "numFeatures": params.n_features,
+            "covarianceType": params.covariance_type,
+            "featureNames": list(model._feature_names),
+            "trainingSummary": None if summary is None else summary.to_dict(),
+        }
+        DefaultParamsWriter.saveMetadata(model, path, spark, extra, _json_params(model))
+
+
+def _library_version() -> str:
+    from spark_gmm import __version__
+
+    return __version__
+
+
+def _load_metadata(path: str, spark: Any, expected_class: str) -> dict[str, Any]:
+    try:
+        metadata = DefaultParamsReader.loadMetadata(path, spark, expected_class)
+    except Exception as exc:  # missing dir, empty or unparseable metadata, wrong class
+        raise ModelFormatError(
+            f"{path} is not a complete spark_gmm save: its metadata is missing or unreadable "
+            f"({short_error(exc)}). Save the model again."
+        ) from None
+    version = metadata.get("formatVersion")
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{path} has model format version {version!r}; this spark_gmm "
+            f"({_library_version()}) reads version {FORMAT_VERSION}."
+        )
+    return metadata
+
+
+def _load_arrays(path: str, spark: Any) -> dict[str, np.ndarray]:
+    try:
+        rows = spark.read.parquet(f"{path}/data").collect()
+    except Exception as exc:
+        raise ModelFormatError(
+            f"{path}/data cannot be read ({short_error(exc)}); the model directory is "
+            "incomplete or corrupt. Save the model again."
+        ) from None
+    arrays: dict[str, np.ndarray] = {}
+    for row in rows:
+        name, shape, values = row["name"], row["shape"], row["values"]
+        if name in arrays or name not in _ARRAY_NAMES:
+            raise ModelFormatError(f"{path}/data has an unexpected or repeated array {name!r}.")
+        if shape is None or values is None or any(v is None for v in values):
+            raise ModelFormatError(f"{path}/data: array {name!r} has missing values.")
+        if int(np.prod(shape)) != len(values):
+            raise ModelFormatError(
+                f"{path}/data: array {name!r} has {len(values)} values for shape {tuple(shape)}."
+            )
+        arrays[name] = np.asarray(values, dtype=np.float64).reshape(shape)
+    missing = [n for n in _ARRAY_NAMES if n not in arrays]
+    if missing:
+        raise ModelFormatError(f"{path}/data lacks the arrays {missing}; it is incomplete.")
+    return arrays
+
+
+class GaussianMixtureModelReader(MLReader[Any]):
+    def __init__(self, cls: type) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str) -> Any:
+        path = path.rstrip("/")
+        spark = self.sparkSession
+        metadata = _load_metadata(path, spark, "spark_gmm.estimator.GaussianMixtureModel")
+        arrays = _load_arrays(path, spark)
+        k, d = int(metadata["k"]), int(metadata["numFeatures"])
+        covariance_type = metadata["covarianceType"]
+        expected = {
+            "weights": (k,),
+            "means": (k, d),
+            "covariances": covariance_shape(covariance_type, k, d),
+        }
+        for name, shape in expected.items():
+            if arrays[name].shape != shape:
+                raise ModelFormatError(
+                    f"{path}: {name} has shape {arrays[name].shape} but the metadata says "
+                    f"k={k}, d={d}, {covariance_type} (expected {shape})."
+                )
+        try:
+            params = MixtureParameters.from_covariances(
+                arrays["weights"], arrays["means"], arrays["covariances"], covariance_type
+            )
+        except ValueError as exc:
+            raise ModelFormatError(f"{path} holds invalid parameters: {exc}") from None
+        model = self.cls(params)
+        model._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(model, metadata)
+        model._feature_names = list(metadata.get("featureNames") or [])
+        summary = metadata.get("trainingSummary")
+        if summary:
+            from spark_gmm.estimator import GaussianMixtureSummary
+
+            model._summary = GaussianMixtureSummary.from_dict(summary, model)
+        return model
+
+
+class GaussianMixtureWriter(_AtomicWriter):
+    """Estimator params as JSON; an ``initialModel`` as a model directory beside them."""
+
+    def saveImpl(self, path: str) -> None:
+        estimator = self.instance
+        initial = estimator.getInitialModel()
+        DefaultParamsWriter.saveMetadata(
+            estimator,
+            path,
+            self.sparkSession,
+            {
+                "formatVersion": FORMAT_VERSION,
+                "libraryVersion": _library_version(),
+                "hasInitialModel": initial is not None,
+            },
+            _json_params(estimator),
+        )
+        if initial is not None:
+            GaussianMixtureModelWriter(initial).session(self.sparkSession).saveImpl(
+                f"{path}/initialModel"
+            )
+
+
+class GaussianMixtureReader(MLReader[Any]):
+    def __init__(self, cls: type) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str) -> Any:
+        path = path.rstrip("/")
+        metadata = _load_metadata(path, self.sparkSession, "spark_gmm.estimator.GaussianMixture")
+        estimator = self.cls()
+        estimator._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(estimator, metadata)
+        if metadata.get("hasInitialModel"):
+            from spark_gmm.estimator import GaussianMixtureModel
+
+            initial = (
+                GaussianMixtureModelReader(GaussianMixtureModel)
+                .session(self.sparkSession)
+                .load(f"{path}/initialModel")
+            )
+            estimator.setInitialModel(initial)
+        return estimator
