@@ -362,8 +362,11 @@ def markdown_report(results: list[ImplementationResult], header: str) -> str:
         else:
             times = result.per_iteration
             speed = f"{result.best_per_iteration:.3f} ({min(times):.3f} to {max(times):.3f})"
-            speed_up = "-" if result.name == OURS else (
-                f"{result.best_per_iteration / ours:.2f}x" if math.isfinite(ours) else "-"
+            if result.best_per_iteration <= 0:
+                speed += " below the noise of the fixed cost"
+            measurable = ours > 0 and result.best_per_iteration > 0
+            speed_up = "-" if result.name == OURS or not measurable else (
+                f"{result.best_per_iteration / ours:.2f}x"
             )
         lines.append(f"| {result.name} | {speed} | {iterations} | {loglik} | {speed_up} |")
     return "\n".join(lines) + "\n"
@@ -376,13 +379,15 @@ def bar_chart(results: list[ImplementationResult], title: str, path: Path) -> No
     import matplotlib.pyplot as plt
 
     names = [r.name for r in results]
-    best = [0.0 if r.failure else r.best_per_iteration for r in results]
+    best = [0.0 if r.failure else max(r.best_per_iteration, 0.0) for r in results]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     bars = ax.bar(names, best, color=[f"C{i}" for i in range(len(results))])
     for bar, result in zip(bars, results, strict=True):
         ax.scatter([bar.get_x() + bar.get_width() / 2] * len(result.per_iteration),
                    result.per_iteration, color="black", s=12, zorder=3)
         label = "failed" if result.failure else f"{result.best_per_iteration:.3f} s"
+        if not result.failure and result.best_per_iteration <= 0:
+            label = "below noise"
         ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", xytext=(0, 3), textcoords="offset points")
     ax.set_ylabel("seconds per EM iteration (lower is better)")

@@ -683,6 +683,14 @@ def main(argv: list[str] | None = None) -> None:
             saved = json.loads(path.read_text())
             runs += [Run(**r) for r in saved["runs"]]
             elapsed = max(elapsed, saved["elapsed_seconds"])  # the parts ran in parallel
+        local = {(r.dataset, r.method, r.seed) for r in runs if r.engine == "local"}
+        for r in runs:  # a Spark-estimator fit of an in-memory fit is a check of it
+            if r.method in OURS and r.engine == "spark" and (r.dataset, r.method, r.seed) in local:
+                r.check = True
+        unique: dict[tuple[str, str, int, bool], Run] = {}
+        for r in runs:  # parts may overlap: keep the first fit of each kind
+            unique.setdefault((r.dataset, r.method, r.seed, r.check), r)
+        runs = list(unique.values())
         names = {r.dataset for r in runs}
         data = [d for d in data if d.name in names]
         args.seeds = sorted({r.seed for r in runs if not r.check})

@@ -135,7 +135,7 @@ class _GaussianMixtureParams(
             covarianceType="full",
             regCovar=1e-6,
             initMode="kmeans",
-            nInit=1,
+            nInit=4,
             handleInvalid="error",
             initSampleSize=100_000,
         )
@@ -327,7 +327,7 @@ class GaussianMixture(
         covarianceType: str = "full",
         regCovar: float = 1e-6,
         initMode: str = "kmeans",
-        nInit: int = 1,
+        nInit: int = 4,
         initialModel: GaussianMixtureModel | None = None,
         logLikelihoodCol: str | None = None,
         handleInvalid: str = "error",
