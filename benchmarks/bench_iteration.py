@@ -213,6 +213,7 @@ def fit_ours(df, case: Case, max_iter: int) -> FitResult:
         featuresCol="features",
         covarianceType=case.covariance_type,
         initMode="random_from_data",
+        nInit=1,
         maxIter=max_iter,
         tol=0.0,
         seed=case.seed,
