@@ -24,6 +24,8 @@ venv: $(STAMP)
 
 demo: check-java $(STAMP)
 	$(PY) jobs/fit_gmm.py --config conf/demo.toml
+	$(PY) jobs/score_gmm.py --config conf/demo-score.toml
+	$(PY) scripts/demo_summary.py out/demo/scored out/demo/report
 
 test: check-java $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

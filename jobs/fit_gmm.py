@@ -1,4 +1,4 @@
-"""spark-submit entry point: fit a Gaussian mixture (see ``spark_gmm.cli``).
+"""spark-submit entry point: fit a Gaussian mixture and save it (see ``spark_gmm.cli``).
 
 spark-submit jobs/fit_gmm.py --config conf/demo.toml
 """

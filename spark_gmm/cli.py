@@ -1,22 +1,21 @@
-"""Command-line entry for the fit job: config file + flags → read → fit → write → summary.
+"""The ``spark-gmm`` command: ``fit`` and ``score`` jobs for data-lake tables.
 
-``jobs/fit_gmm.py`` (for ``spark-submit``) and the ``spark-gmm-fit`` console script both
-call :func:`fit_main`. Settings come from a TOML file (``--config``) and command-line
-flags, flags winning; an unknown key in the file is an error that names it.
+``jobs/fit_gmm.py`` and ``jobs/score_gmm.py`` (for ``spark-submit``) and the ``spark-gmm``
+console script all land in :func:`main`. Each job reads its settings from a TOML file
+(``--config``) and command-line flags, flags winning; an unknown key or a value of the
+wrong type is an error that names it. The work itself is in :mod:`spark_gmm.jobs`.
 
-Exit codes: 0 success, 2 bad configuration or input (one line on stderr), 1 anything else.
+Exit codes: 0 success; 2 bad configuration, input or data (one line on stderr, no stack
+trace); 1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 if sys.version_info >= (3, 11):
@@ -24,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["FitConfig", "fit_main", "load_config"]
+__all__ = ["ConfigError", "FitConfig", "ScoreConfig", "load_config", "main"]
 
 log = logging.getLogger("spark_gmm")
 
@@ -34,47 +33,81 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class FitConfig:
-    """Settings of the fit job; every field is a key of the TOML file."""
+class InputConfig:
+    """Where the rows come from and which columns are features (fit and score)."""
 
     input: str = ""
     format: str = "parquet"
     table: str = ""
+    where: str = ""
+    csv_header: bool = True
+    csv_infer_schema: bool = True
     features: list[str] = field(default_factory=list)
     features_col: str = ""
-    weight_col: str = ""
-    k: int = 2
-    covariance_type: str = "full"
-    max_iter: int = 100
-    tol: float = 1e-3
-    reg_covar: float = 1e-6
-    init: str = "kmeans"
-    n_init: int = 1
-    seed: int | None = None
-    handle_invalid: str = "error"
-    id_cols: list[str] = field(default_factory=list)
-    predictions: str = ""
-    summary_json: str = ""
     master: str = ""
-    app_name: str = "spark_gmm fit"
+    app_name: str = "spark_gmm"
+    dry_run: bool = False
 
 
-_LIST_KEYS = {"features", "id_cols"}
+@dataclass
+class FitConfig(InputConfig):
+    """Settings of ``spark-gmm fit``. Estimator settings left unset keep its defaults."""
+
+    weight_col: str = ""
+    standardize: bool = False
+    k: int | None = None
+    covariance_type: str | None = None
+    max_iter: int | None = None
+    tol: float | None = None
+    reg_covar: float | None = None
+    init: str | None = None
+    n_init: int | None = None
+    seed: int | None = None
+    handle_invalid: str | None = None
+    output: str = ""
+    overwrite: bool = False
+    report: str = ""
+
+
+@dataclass
+class ScoreConfig(InputConfig):
+    """Settings of ``spark-gmm score``."""
+
+    model: str = ""
+    id_cols: list[str] = field(default_factory=list)
+    output: str = ""
+    output_table: str = ""
+    output_format: str = "parquet"
+    partition_by: list[str] = field(default_factory=list)
+    mode: str = "error"
+    anomaly_quantile: float | None = None
+    handle_invalid: str = "error"
+
+
+_LIST_KEYS = {"features", "id_cols", "partition_by"}
+_TYPES: dict[str, type] = {
+    "k": int,
+    "max_iter": int,
+    "n_init": int,
+    "seed": int,
+    "tol": float,
+    "reg_covar": float,
+    "anomaly_quantile": float,
+    "covariance_type": str,
+    "init": str,
+    "handle_invalid": str,
+}
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Check/convert a config value to the type of the field's default."""
+    """Check/convert one config value to the field's type; raise naming the key."""
     if name in _LIST_KEYS:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise ConfigError(f"config key '{name}' must be a list of column names; got {value!r}.")
         return value
-    if name == "seed":
-        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-            return value
-        raise ConfigError(f"config key 'seed' must be an integer; got {value!r}.")
-    expected = type(default)
+    expected = _TYPES.get(name, type(default))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -84,8 +117,17 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     return value
 
 
-def load_config(path: str | None, overrides: dict[str, Any]) -> FitConfig:
-    """Merge a TOML file and command-line overrides into a :class:`FitConfig`."""
+def load_config(cls: type, path: str | None, overrides: dict[str, Any]) -> Any:
+    """Merge a TOML file and command-line overrides into a config dataclass.
+
+    Parameters
+    ----------
+    cls : FitConfig or ScoreConfig
+    path : str or None
+        TOML file; its keys are the dataclass fields.
+    overrides : dict
+        Flag values; None means "not given".
+    """
     values: dict[str, Any] = {}
     if path:
         try:
@@ -96,150 +138,158 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> FitConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}.") from None
     values.update({k: v for k, v in overrides.items() if v is not None})
-    defaults = FitConfig()
-    known = {f.name for f in fields(FitConfig)}
+    defaults = cls()
+    known = {f.name for f in fields(cls)}
     for key in values:
         if key not in known:
             raise ConfigError(
-                f"unknown config key '{key}'; known keys: {', '.join(sorted(known))}."
+                f"unknown config key '{key}' for {cls.__name__}; known keys: "
+                f"{', '.join(sorted(known))}."
             )
-    config = FitConfig(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()})
+    config = cls(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()})
     if bool(config.input) == bool(config.table):
         raise ConfigError("give exactly one of 'input' (a path) or 'table' (a catalog table).")
-    if bool(config.features) == bool(config.features_col):
+    if config.features and config.features_col:
+        raise ConfigError("give only one of 'features' and 'features_col'.")
+    if isinstance(config, FitConfig) and not (config.features or config.features_col):
         raise ConfigError(
-            "give exactly one of 'features' (columns) or 'features_col' (a vector column)."
+            "give 'features' (numeric columns) or 'features_col' (a vector column) to fit."
         )
+    if isinstance(config, ScoreConfig):
+        if not config.model:
+            raise ConfigError("'model' (the saved model directory) is required to score.")
+        if bool(config.output) == bool(config.output_table) and not config.dry_run:
+            raise ConfigError("give exactly one of 'output' (a path) or 'output_table'.")
+        if config.mode not in ("error", "overwrite", "append"):
+            raise ConfigError(f"'mode' must be error, overwrite or append; got {config.mode!r}.")
+        q = config.anomaly_quantile
+        if q is not None and not 0.0 < q < 1.0:
+            raise ConfigError(f"'anomaly_quantile' must be between 0 and 1; got {q}.")
     return config
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="spark-gmm-fit", description="Fit a Gaussian mixture on a table with Spark."
-    )
-    p.add_argument("--config", help="TOML file with any of the settings below")
+def _input_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML file with any of these settings (flags win)")
     p.add_argument("--input", help="input path (with --format)")
-    p.add_argument("--format", help="input format: parquet, orc, csv, json, ...")
-    p.add_argument("--table", help="catalog table name instead of --input")
+    p.add_argument("--format", help="parquet (default), orc, csv, json, or any Spark source")
+    p.add_argument("--table", help="catalog table, e.g. db.events, instead of --input")
+    p.add_argument("--where", help="SQL predicate applied to the input (partition pruning)")
     p.add_argument("--features", help="comma-separated numeric feature columns")
-    p.add_argument("--features-col", dest="features_col", help="a vector/array column")
-    p.add_argument("--weight-col", dest="weight_col")
-    p.add_argument("--k", type=int)
-    p.add_argument("--covariance-type", dest="covariance_type")
-    p.add_argument("--max-iter", dest="max_iter", type=int)
-    p.add_argument("--tol", type=float)
-    p.add_argument("--reg-covar", dest="reg_covar", type=float)
-    p.add_argument("--init")
-    p.add_argument("--n-init", dest="n_init", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--handle-invalid", dest="handle_invalid")
-    p.add_argument("--id-cols", dest="id_cols", help="columns copied to the predictions")
-    p.add_argument("--predictions", help="write scored rows (Parquet) to this path")
-    p.add_argument("--summary-json", dest="summary_json", help="write the fit summary here")
+    p.add_argument("--features-col", dest="features_col", help="a vector or array column")
     p.add_argument("--master", help="Spark master when not run by spark-submit")
-    return p
-
-
-def _read(spark: Any, config: FitConfig) -> Any:
-    if config.table:
-        return spark.table(config.table)
-    reader = spark.read.format(config.format)
-    if config.format == "csv":
-        reader = reader.option("header", "true").option("inferSchema", "true")
-    return reader.load(config.input)
-
-
-def _summary_text(model: Any, seconds: float) -> str:
-    s = model.summary
-    lines = [
-        f"spark_gmm fit: k={s.k}, covariance={model.getCovarianceType()}, rows={s.numRows} "
-        f"(skipped {s.numSkippedRows}), iterations={s.numIter}, converged={s.converged}, "
-        f"{seconds:.1f} s",
-        f"mean log-likelihood {s.meanLogLikelihood:.6f}   BIC {s.bic:.1f}   AIC {s.aic:.1f}",
-        "",
-        f"{'component':>9} {'weight':>8} {'rows':>8}  mean",
-    ]
-    for j, (w, size, mean) in enumerate(zip(model.weights, s.clusterSizes, model.means)):
-        lines.append(f"{j:>9} {w:>8.4f} {size:>8d}  [{', '.join(f'{v:.3f}' for v in mean)}]")
-    return "\n".join(lines)
-
-
-def fit_main(argv: Sequence[str] | None = None) -> int:
-    """Run the fit job; returns the process exit code."""
-    args = vars(_parser().parse_args(argv))
-    config_path = args.pop("config")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    p.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_const",
+        const=True,
+        help="check config, input and columns, print the plan, do nothing",
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spark-gmm", description="Gaussian-mixture clustering jobs on Spark."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="fit a model and save it")
+    _input_flags(fit)
+    fit.add_argument("--weight-col", dest="weight_col")
+    fit.add_argument(
+        "--standardize",
+        action="store_const",
+        const=True,
+        help="scale features (StandardScaler), saved with the model",
+    )
+    fit.add_argument("--k", type=int)
+    fit.add_argument("--covariance-type", dest="covariance_type")
+    fit.add_argument("--max-iter", dest="max_iter", type=int)
+    fit.add_argument("--tol", type=float)
+    fit.add_argument("--reg-covar", dest="reg_covar", type=float)
+    fit.add_argument("--init")
+    fit.add_argument("--n-init", dest="n_init", type=int)
+    fit.add_argument("--seed", type=int)
+    fit.add_argument("--handle-invalid", dest="handle_invalid")
+    fit.add_argument("--output", help="model directory to write")
+    fit.add_argument(
+        "--overwrite", action="store_const", const=True, help="replace an existing model directory"
+    )
+    fit.add_argument("--report", help="directory for report.json and plots")
+    score = sub.add_parser("score", help="apply a saved model to a table")
+    _input_flags(score)
+    score.add_argument("--model", help="model directory written by 'fit'")
+    score.add_argument("--id-cols", dest="id_cols", help="columns carried to the output")
+    score.add_argument("--output", help="output path")
+    score.add_argument("--output-table", dest="output_table", help="output catalog table")
+    score.add_argument("--output-format", dest="output_format")
+    score.add_argument("--partition-by", dest="partition_by", help="comma-separated columns")
+    score.add_argument("--mode", help="error (default), overwrite or append")
+    score.add_argument(
+        "--anomaly-quantile",
+        dest="anomaly_quantile",
+        type=float,
+        help="flag rows less likely than this quantile of the training rows",
+    )
+    score.add_argument(
+        "--handle-invalid",
+        dest="handle_invalid",
+        help="error (default), skip or keep (null outputs)",
+    )
+    return parser
+
+
+def _log_to_stderr() -> None:
+    """Progress lines (one per EM iteration) on stderr, where spark-submit shows them.
+
+    A handler on our own logger: ``logging.basicConfig`` is a no-op when something (e.g.
+    py4j under spark-submit) has configured the root logger first.
+    """
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``spark-gmm fit|score``; returns the process exit code."""
+    args = vars(_parser().parse_args(argv))
+    command = args.pop("command")
+    config_path = args.pop("config")
+    _log_to_stderr()
     try:
-        config = load_config(config_path, args)
+        config = load_config(FitConfig if command == "fit" else ScoreConfig, config_path, args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from spark_gmm import GaussianMixture, InvalidInputError
-    from spark_gmm.errors import short_error
+    from spark_gmm import jobs
+    from spark_gmm.errors import GaussianMixtureError, short_error
     from spark_gmm.session import build_session
 
-    spark = build_session(config.app_name, master=config.master or None)
-    started = time.perf_counter()
+    spark = build_session(f"{config.app_name} {command}", master=config.master or None)
     try:
-        df = _read(spark, config)
-        estimator = GaussianMixture(
-            k=config.k,
-            covarianceType=config.covariance_type,
-            maxIter=config.max_iter,
-            tol=config.tol,
-            regCovar=config.reg_covar,
-            initMode=config.init,
-            nInit=config.n_init,
-            handleInvalid=config.handle_invalid,
-            logLikelihoodCol="log_likelihood",
-        )
-        if config.seed is not None:
-            estimator.setSeed(config.seed)
-        if config.features:
-            estimator.setInputCols(config.features)
+        if command == "fit":
+            jobs.run_fit(spark, config)
         else:
-            estimator.setFeaturesCol(config.features_col)
-        if config.weight_col:
-            estimator.setWeightCol(config.weight_col)
-        model = estimator.fit(df)
-        seconds = time.perf_counter() - started
-        print(_summary_text(model, seconds))
-        if config.predictions:
-            keep = config.id_cols + ["prediction", "probability", "log_likelihood"]
-            model.transform(df).select(*keep).write.mode("overwrite").parquet(config.predictions)
-            print(f"\npredictions: {Path(config.predictions).resolve()}")
-        if config.summary_json:
-            s = model.summary
-            payload = {
-                "k": s.k,
-                "covariance_type": model.getCovarianceType(),
-                "num_rows": s.numRows,
-                "num_skipped_rows": s.numSkippedRows,
-                "num_iter": s.numIter,
-                "converged": s.converged,
-                "mean_log_likelihood": s.meanLogLikelihood,
-                "log_likelihood_history": s.logLikelihoodHistory,
-                "iteration_seconds": s.iterationSeconds,
-                "bic": s.bic,
-                "aic": s.aic,
-                "weights": model.weights,
-                "means": model.means.tolist(),
-                "cluster_sizes": s.clusterSizes,
-                "seconds": seconds,
-            }
-            Path(config.summary_json).parent.mkdir(parents=True, exist_ok=True)
-            Path(config.summary_json).write_text(json.dumps(payload, indent=2))
-            print(f"summary:     {Path(config.summary_json).resolve()}")
+            jobs.run_score(spark, config)
         return 0
-    except InvalidInputError as exc:
+    except (GaussianMixtureError, jobs.JobError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # AnalysisException (missing path/table) and the like
+    except Exception as exc:
         print(f"error: {type(exc).__name__}: {short_error(exc)}", file=sys.stderr)
-        log.debug("fit failed", exc_info=True)
-        return 1
+        log.debug("job failed", exc_info=True)
+        return 2 if jobs.is_user_error(exc) else 1
     finally:
         spark.stop()
+
+
+def fit_main() -> int:
+    """Entry of ``jobs/fit_gmm.py``."""
+    return main(["fit", *sys.argv[1:]])
+
+
+def score_main() -> int:
+    """Entry of ``jobs/score_gmm.py``."""
+    return main(["score", *sys.argv[1:]])

@@ -265,9 +265,7 @@ def fit_em(
             best.history[-1],
             change,
             seconds[-1],
-            f" ({sum(c.running for c in candidates)} of {n_cand} candidates running)"
-            if n_cand > 1
-            else "",
+            f" ({len(live)} of {n_cand} candidates in this pass)" if n_cand > 1 else "",
         )
     done = [c for c in candidates if c.error is None]
     if not done:

@@ -501,6 +501,9 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
         self._mixture = params
         self._summary: GaussianMixtureSummary | None = None
         self._feature_names: list[str] = []
+        # [[q, log-likelihood], ...] of the training rows, set by the fit job so that
+        # scoring can flag rows less likely than the training q-quantile; saved with it.
+        self.logLikelihoodQuantiles: list[list[float]] | None = None
         if params is not None:
             # The model's own k/covarianceType params describe its parameters.
             self._set(k=params.n_components, covarianceType=params.covariance_type)

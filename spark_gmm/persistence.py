@@ -22,6 +22,7 @@ is written last, and a directory without it is refused.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, 
 from spark_gmm.errors import GaussianMixtureError, short_error
 from spark_gmm.gaussian import MixtureParameters, covariance_shape
 
-__all__ = ["FORMAT_VERSION", "ModelFormatError"]
+__all__ = ["FORMAT_VERSION", "ModelFormatError", "atomic_save", "load_any_model"]
 
 FORMAT_VERSION = 1
 _ARRAY_NAMES = ("weights", "means", "covariances")
@@ -65,38 +66,50 @@ def _exists(spark: Any, path: str) -> bool:
     return bool(fs and fs[0].exists(fs[1]))
 
 
+def atomic_save(
+    spark: Any, path: str, write: Callable[[str], None], overwrite: bool = False
+) -> None:
+    """Run ``write(tmp_path)`` into ``<path>._tmp-<uuid>``, then rename it to ``path``.
+
+    Readers see the directory complete or not at all (rename is atomic on local and HDFS
+    file systems; on object stores it is a copy, still done only after the write
+    succeeded). Without a JVM (Spark Connect) ``write`` goes straight to ``path``.
+    """
+    path = path.rstrip("/")
+    if _exists(spark, path) and not overwrite:
+        raise ModelFormatError(
+            f"{path} already exists; use write().overwrite().save(path) to replace it."
+        )
+    fs = _hadoop_fs(spark, path)
+    if fs is None:  # no rename available: the metadata is written last instead
+        write(path)
+        return
+    filesystem, final = fs
+    tmp = f"{path}._tmp-{uuid.uuid4().hex}"
+    jtmp = _jvm_path(spark, tmp)
+    try:
+        write(tmp)
+        if overwrite and filesystem.exists(final):
+            filesystem.delete(final, True)
+        if not filesystem.rename(jtmp, final):
+            raise ModelFormatError(f"could not move the saved directory into place at {path}.")
+    finally:
+        if filesystem.exists(jtmp):
+            filesystem.delete(jtmp, True)
+
+
 class _AtomicWriter(MLWriter):
-    """Writes into ``<path>._tmp-<uuid>`` then renames it to ``path``."""
+    """An ``MLWriter`` whose ``save`` goes through :func:`atomic_save`."""
 
     def __init__(self, instance: Any) -> None:
         super().__init__()
         self.instance = instance
 
     def save(self, path: str) -> None:
-        path = path.rstrip("/")
-        if _exists(self.sparkSession, path):
-            if not self.shouldOverwrite:
-                raise ModelFormatError(
-                    f"{path} already exists; use write().overwrite().save(path) to replace it."
-                )
-        fs = _hadoop_fs(self.sparkSession, path)
-        if fs is None:  # no rename available: metadata is written last instead
-            if self.shouldOverwrite:
-                self._handleOverwrite(path)
-            self.saveImpl(path)
-            return
-        filesystem, final = fs
-        tmp = f"{path}._tmp-{uuid.uuid4().hex}"
-        jtmp = _jvm_path(self.sparkSession, tmp)
-        try:
-            self.saveImpl(tmp)
-            if self.shouldOverwrite and filesystem.exists(final):
-                filesystem.delete(final, True)
-            if not filesystem.rename(jtmp, final):
-                raise ModelFormatError(f"could not move the saved model into place at {path}.")
-        finally:
-            if filesystem.exists(jtmp):
-                filesystem.delete(jtmp, True)
+        spark = self.sparkSession
+        if _hadoop_fs(spark, path) is None and self.shouldOverwrite:
+            self._handleOverwrite(path)
+        atomic_save(spark, path, self.saveImpl, overwrite=self.shouldOverwrite)
 
 
 class GaussianMixtureModelWriter(_AtomicWriter):
@@ -124,6 +137,7 @@ class GaussianMixtureModelWriter(_AtomicWriter):
             "covarianceType": params.covariance_type,
             "featureNames": list(model._feature_names),
             "trainingSummary": None if summary is None else summary.to_dict(),
+            "logLikelihoodQuantiles": model.logLikelihoodQuantiles,
         }
         DefaultParamsWriter.saveMetadata(model, path, spark, extra, _json_params(model))
 
@@ -210,6 +224,7 @@ class GaussianMixtureModelReader(MLReader[Any]):
         model._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(model, metadata)
         model._feature_names = list(metadata.get("featureNames") or [])
+        model.logLikelihoodQuantiles = metadata.get("logLikelihoodQuantiles")
         summary = metadata.get("trainingSummary")
         if summary:
             from spark_gmm.estimator import GaussianMixtureSummary
@@ -262,3 +277,38 @@ class GaussianMixtureReader(MLReader[Any]):
             )
             estimator.setInitialModel(initial)
         return estimator
+
+
+def load_any_model(path: str, spark: Any) -> Any:
+    """Load a saved ``GaussianMixtureModel`` or a ``PipelineModel`` ending with one.
+
+    Returns
+    -------
+    model : GaussianMixtureModel or PipelineModel
+    gmm : GaussianMixtureModel
+        The mixture itself (the last stage of a pipeline).
+    """
+    from pyspark.ml import PipelineModel
+
+    from spark_gmm.estimator import GaussianMixtureModel
+
+    try:
+        metadata = DefaultParamsReader.loadMetadata(path.rstrip("/"), spark)
+    except Exception as exc:
+        raise ModelFormatError(
+            f"{path} is not a saved model: its metadata is missing or unreadable "
+            f"({short_error(exc)})."
+        ) from None
+    cls = metadata.get("class", "")
+    if cls.endswith("GaussianMixtureModel") and cls.startswith("spark_gmm"):
+        model = GaussianMixtureModel.load(path)
+        return model, model
+    if cls.endswith("PipelineModel"):
+        pipeline = PipelineModel.load(path)
+        last = pipeline.stages[-1] if pipeline.stages else None
+        if isinstance(last, GaussianMixtureModel):
+            return pipeline, last
+    raise ModelFormatError(
+        f"{path} holds a {cls or 'unknown'} model, not a spark_gmm GaussianMixtureModel "
+        "(or a PipelineModel ending with one)."
+    )

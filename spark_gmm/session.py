@@ -64,6 +64,8 @@ def build_session(
     if _is_local(master) and not os.environ.get("PYSPARK_PYTHON"):
         os.environ["PYSPARK_PYTHON"] = sys.executable
     builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    # Jobs log one line per EM iteration themselves; Spark's progress bars would garble it.
+    builder = builder.config("spark.ui.showConsoleProgress", "false")
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

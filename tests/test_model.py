@@ -76,7 +76,7 @@ def test_save_load_round_trip(tmp_path, frame, fitted, covariance_type):
 def test_save_refuses_to_overwrite_without_flag(tmp_path, fitted):
     path = str(tmp_path / "m")
     fitted["full"].save(path)
-    with pytest.raises(ModelFormatError, match="already exists; use write\\(\\).overwrite"):
+    with pytest.raises(ModelFormatError, match=r"already exists; use write\(\).overwrite"):
         fitted["full"].save(path)
 
 

@@ -1,0 +1,298 @@
+"""The fit and score jobs: read → fit or transform → write, for ``spark-gmm``/``jobs/``.
+
+Transforms take and return DataFrames; the only side effects are the writes at the end
+(model directory, scored output, report), each complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from spark_gmm.errors import GaussianMixtureError
+
+__all__ = ["JobError", "is_user_error", "run_fit", "run_score"]
+
+log = logging.getLogger("spark_gmm")
+
+# Quantiles of the training log-likelihood saved with a model, for --anomaly-quantile.
+QUANTILE_GRID = [round(q, 4) for q in np.linspace(0.001, 0.999, 999)]
+_SCALED_COL = "features_standardized"
+_ASSEMBLED_COL = "features_assembled"
+
+
+class JobError(GaussianMixtureError):
+    """A job cannot run as configured (bad paths, would overwrite its input, ...)."""
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Errors caused by the job's input or config (exit 2), not by a bug (exit 1)."""
+    names = {type(exc).__name__} | {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"AnalysisException", "ParseException", "IllegalArgumentException"})
+
+
+# ---------------------------------------------------------------------------
+# Input
+# ---------------------------------------------------------------------------
+
+
+def read_input(spark: Any, config: Any) -> Any:
+    """The input DataFrame: a catalog table or a path in any Spark format, filtered."""
+    if config.table:
+        df = spark.table(config.table)
+    else:
+        reader = spark.read.format(config.format)
+        if config.format == "csv":
+            reader = reader.option("header", str(config.csv_header).lower()).option(
+                "inferSchema", str(config.csv_infer_schema).lower()
+            )
+        df = reader.load(config.input)
+    if config.where:
+        df = df.where(config.where)
+    return df
+
+
+def _same_location(a: str, b: str) -> bool:
+    """True when two paths name the same directory or one contains the other."""
+    import os.path
+    from urllib.parse import urlparse
+
+    def norm(p: str) -> str:
+        if urlparse(p).scheme in ("", "file"):
+            return os.path.abspath(urlparse(p).path).rstrip("/")
+        return p.rstrip("/")
+
+    x, y = norm(a), norm(b)
+    return x == y or x.startswith(y + "/") or y.startswith(x + "/")
+
+
+def _check_not_input(config: Any, output_path: str = "", output_table: str = "") -> None:
+    if output_path and config.input and _same_location(output_path, config.input):
+        raise JobError(
+            f"refusing to write {output_path}: it is (inside) the job's input {config.input}. "
+            "Choose another output path."
+        )
+    if output_table and config.table and output_table.lower() == config.table.lower():
+        raise JobError(
+            f"refusing to write table {output_table}: it is the job's input. "
+            "Choose another output table."
+        )
+
+
+# ---------------------------------------------------------------------------
+# Fit
+# ---------------------------------------------------------------------------
+
+
+def build_fit_pipeline(config: Any) -> tuple[Any, Any]:
+    """The estimator to fit (a Pipeline when --standardize) and its GaussianMixture stage."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import StandardScaler, VectorAssembler
+
+    from spark_gmm import GaussianMixture
+
+    gm = GaussianMixture(logLikelihoodCol="log_likelihood")
+    settings = {
+        "k": config.k,
+        "covarianceType": config.covariance_type,
+        "maxIter": config.max_iter,
+        "tol": config.tol,
+        "regCovar": config.reg_covar,
+        "initMode": config.init,
+        "nInit": config.n_init,
+        "seed": config.seed,
+        "handleInvalid": config.handle_invalid,
+    }
+    gm.setParams(**{k: v for k, v in settings.items() if v is not None})
+    if config.weight_col:
+        gm.setWeightCol(config.weight_col)
+    if not config.standardize:
+        if config.features:
+            gm.setInputCols(config.features)
+        else:
+            gm.setFeaturesCol(config.features_col)
+        return gm, gm
+    stages: list[Any] = []
+    source = config.features_col
+    if config.features:
+        # 'keep' turns nulls into NaN so that the mixture's own validation counts them.
+        stages.append(
+            VectorAssembler(
+                inputCols=config.features, outputCol=_ASSEMBLED_COL, handleInvalid="keep"
+            )
+        )
+        source = _ASSEMBLED_COL
+    stages.append(
+        StandardScaler(inputCol=source, outputCol=_SCALED_COL, withMean=True, withStd=True)
+    )
+    gm.setFeaturesCol(_SCALED_COL)
+    stages.append(gm)
+    return Pipeline(stages=stages), gm
+
+
+def _plan(config: Any, df: Any, what: str) -> str:
+    source = config.table or f"{config.input} ({config.format})"
+    features = ", ".join(config.features) if config.features else config.features_col
+    lines = [
+        f"plan: {what}",
+        f"  input:    {source}" + (f" where {config.where}" if config.where else ""),
+    ]
+    lines.append(f"  features: {features or '(from the model)'}")
+    lines.append(f"  schema:   {df.schema.simpleString()[:500]}")
+    return "\n".join(lines)
+
+
+def run_fit(spark: Any, config: Any) -> Any:
+    """Fit, save the model (atomically), write the report; returns the fitted model."""
+    from spark_gmm.data import resolve_features
+    from spark_gmm.persistence import atomic_save
+
+    started = time.perf_counter()
+    if config.output:
+        _check_not_input(config, output_path=config.output)
+    df = read_input(spark, config)
+    estimator, gm = build_fit_pipeline(config)
+    if config.dry_run:
+        resolve_features(
+            df,
+            config.features or None,
+            config.features_col or "features",
+            config.weight_col or None,
+        )
+        gm._validate_params()
+        print(_plan(config, df, f"fit k={gm.getK()} {gm.getCovarianceType()}"))
+        print(f"  output:   {config.output or '(not saved)'}")
+        return None
+    model = estimator.fit(df)
+    fitted = model if model is gm or not hasattr(model, "stages") else model.stages[-1]
+    fitted.logLikelihoodQuantiles = _log_likelihood_quantiles(model, df)
+    seconds = time.perf_counter() - started
+    print(summary_text(fitted, seconds))
+    if config.output:
+        atomic_save(
+            spark, config.output, lambda p: model.write().save(p), overwrite=config.overwrite
+        )
+        print(f"model:  {config.output}")
+    if config.report:
+        from spark_gmm.report import write_fit_report
+
+        paths = write_fit_report(config.report, spark, config, model, fitted, df, seconds)
+        print(f"report: {paths[0]}")
+        for extra in paths[1:]:
+            print(f"        {extra}")
+    log.info("fit job done in %.1f s", time.perf_counter() - started)
+    return model
+
+
+def _log_likelihood_quantiles(model: Any, df: Any) -> list[list[float]]:
+    """Quantiles of the training rows' log-likelihood (one pass, approxQuantile)."""
+    scored = model.transform(df).where("log_likelihood IS NOT NULL")
+    values = scored.approxQuantile("log_likelihood", QUANTILE_GRID, 1e-4)
+    return [[q, float(v)] for q, v in zip(QUANTILE_GRID, values)]
+
+
+def summary_text(model: Any, seconds: float) -> str:
+    s = model.summary
+    lines = [
+        f"spark_gmm fit: k={s.k}, covariance={model.getCovarianceType()}, rows={s.numRows} "
+        f"(skipped {s.numSkippedRows}), iterations={s.numIter}, converged={s.converged}, "
+        f"{seconds:.1f} s",
+        f"mean log-likelihood {s.meanLogLikelihood:.6f}   BIC {s.bic:.1f}   AIC {s.aic:.1f}",
+        "",
+        f"{'component':>9} {'weight':>8} {'rows':>8}  mean",
+    ]
+    for j, (w, size, mean) in enumerate(zip(model.weights, s.clusterSizes, model.means)):
+        lines.append(f"{j:>9} {w:>8.4f} {size:>8d}  [{', '.join(f'{v:.3f}' for v in mean)}]")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Score
+# ---------------------------------------------------------------------------
+
+
+def anomaly_threshold(quantiles: list[list[float]] | None, q: float) -> float:
+    """The training log-likelihood at quantile ``q`` (linear between saved quantiles)."""
+    if not quantiles:
+        raise JobError(
+            "this model has no training log-likelihood quantiles (it was not saved by "
+            "'spark-gmm fit'); refit it with the fit job to use anomaly_quantile."
+        )
+    qs = np.array([p[0] for p in quantiles])
+    values = np.array([p[1] for p in quantiles])
+    if not qs[0] <= q <= qs[-1]:
+        raise JobError(f"anomaly_quantile must be within [{qs[0]}, {qs[-1]}]; got {q}.")
+    return float(np.interp(q, qs, values))
+
+
+def score_frame(model: Any, gm: Any, df: Any, config: Any) -> Any:
+    """Input rows → id columns + prediction, probability (array), log_likelihood[, is_anomaly]."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    gm.setLogLikelihoodCol("log_likelihood").setHandleInvalid(config.handle_invalid)
+    if model is gm:
+        if config.features:
+            gm.setInputCols(config.features)
+        elif config.features_col:
+            gm.setFeaturesCol(config.features_col)
+    scored = model.transform(df)
+    keep = list(dict.fromkeys(config.id_cols + config.partition_by))
+    missing = [c for c in keep if c not in df.columns]
+    if missing:
+        raise JobError(f"id/partition columns not in the input: {', '.join(missing)}.")
+    columns = [F.col(f"`{c}`") for c in keep] + [
+        F.col("prediction"),
+        vector_to_array(F.col("probability")).alias("probability"),
+        F.col("log_likelihood"),
+    ]
+    if config.anomaly_quantile is not None:
+        threshold = anomaly_threshold(gm.logLikelihoodQuantiles, config.anomaly_quantile)
+        columns.append((F.col("log_likelihood") < F.lit(threshold)).alias("is_anomaly"))
+    return scored.select(*columns)
+
+
+def run_score(spark: Any, config: Any) -> None:
+    """Load a model, score the input, write the output (refusing to overwrite the input)."""
+    from spark_gmm.persistence import load_any_model
+
+    started = time.perf_counter()
+    _check_not_input(config, output_path=config.output, output_table=config.output_table)
+    model, gm = load_any_model(config.model, spark)
+    df = read_input(spark, config)
+    out = score_frame(model, gm, df, config)
+    if config.dry_run:
+        print(_plan(config, df, f"score with {config.model} (k={gm.getK()})"))
+        print(f"  output:   {config.output or config.output_table} ({config.mode})")
+        print(f"  columns:  {', '.join(out.columns)}")
+        return
+    writer = out.write.mode(config.mode)
+    if config.partition_by:
+        # Overwrite replaces only the partitions this run writes.
+        writer = writer.partitionBy(*config.partition_by).option(
+            "partitionOverwriteMode", "dynamic"
+        )
+    if config.output_table:
+        if (
+            config.mode == "overwrite"
+            and config.partition_by
+            and spark.catalog.tableExists(config.output_table)
+        ):
+            out.write.option("partitionOverwriteMode", "dynamic").insertInto(
+                config.output_table, overwrite=True
+            )
+        else:
+            writer.format(config.output_format).saveAsTable(config.output_table)
+        target = config.output_table
+    else:
+        writer.format(config.output_format).save(config.output)
+        target = config.output
+    print(
+        f"scored rows written to {target} ({config.output_format}, mode={config.mode}) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+    log.info("score job done: %s", json.dumps({"output": target, "mode": config.mode}))

@@ -1,0 +1,202 @@
+"""Fit reports: ``report.json`` and, when matplotlib is installed, PNG plots.
+
+Written on the driver's local file system. Spark settings are included with every value
+whose key looks like a credential (secret, password, token, key) redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["redact_conf", "write_fit_report"]
+
+log = logging.getLogger("spark_gmm")
+
+_SECRET = re.compile(r"secret|password|passwd|token|credential|key", re.IGNORECASE)
+_PLOT_SAMPLE = 5000
+
+
+def redact_conf(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Spark settings with credential-like values replaced by ``*****(redacted)``."""
+    return {k: ("*****(redacted)" if _SECRET.search(k) else v) for k, v in sorted(pairs)}
+
+
+def _versions() -> dict[str, str]:
+    import pyarrow
+    import pyspark
+
+    from spark_gmm import __version__
+
+    return {
+        "spark_gmm": __version__,
+        "pyspark": pyspark.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pyarrow.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_fit_report(
+    directory: str,
+    spark: Any,
+    config: Any,
+    model: Any,
+    gmm: Any,
+    df: Any,
+    seconds: float,
+) -> list[str]:
+    """Write ``report.json`` and plots for a fit; return the paths written."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    s = gmm.summary
+    report = {
+        "config": {k: v for k, v in asdict(config).items()},
+        "params": {p.name: v for p, v in gmm.extractParamMap().items() if p.name != "initialModel"},
+        "rows": {
+            "read": s.numRows + s.numSkippedRows,
+            "skipped": s.numSkippedRows,
+            "used": s.numRows,
+        },
+        "iterations": [
+            {"iteration": i + 1, "mean_log_likelihood": ll, "seconds": sec}
+            for i, (ll, sec) in enumerate(zip(s.logLikelihoodHistory, s.iterationSeconds))
+        ],
+        "log_likelihood_history": s.logLikelihoodHistory,
+        "converged": s.converged,
+        "num_iter": s.numIter,
+        "mean_log_likelihood": s.meanLogLikelihood,
+        "log_likelihood": s.logLikelihood,
+        "bic": s.bic,
+        "aic": s.aic,
+        "weights": gmm.weights,
+        "means": gmm.means.tolist(),
+        "cluster_sizes": s.clusterSizes,
+        "candidate_log_likelihoods": s.candidateLogLikelihoods,
+        "spark": {
+            "app_id": spark.sparkContext.applicationId,
+            "master": spark.sparkContext.master,
+            "version": spark.version,
+            "conf": redact_conf(spark.sparkContext.getConf().getAll()),
+        },
+        "versions": _versions(),
+        "wall_seconds": seconds,
+    }
+    paths = [out / "report.json"]
+    paths[0].write_text(json.dumps(report, indent=2, default=str))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        log.warning(
+            "matplotlib is not installed: report.json written, plots skipped "
+            "(pip install 'spark_gmm[plot]')."
+        )
+        return [str(p) for p in paths]
+    paths += _plots(out, model, gmm, df)
+    return [str(p) for p in paths]
+
+
+def _feature_sample(model: Any, gmm: Any, df: Any) -> np.ndarray:
+    """Up to ~5000 rows of the features the mixture saw (after any scaling)."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    n = gmm.summary.numRows
+    fraction = min(1.0, 2.0 * _PLOT_SAMPLE / max(n, 1))
+    sample = df.sample(fraction=fraction, seed=0).limit(_PLOT_SAMPLE)
+    if model is not gmm:  # a pipeline: take the transformed features column
+        sample = model.transform(sample)
+    if gmm.isSet(gmm.inputCols) and gmm.getInputCols():
+        cols = [F.col(f"`{c}`").cast("double") for c in gmm.getInputCols()]
+        pdf = sample.select(*cols).toPandas()
+        X = pdf.to_numpy(dtype=float)
+    else:
+        col = gmm.getFeaturesCol()
+        rows = sample.select(vector_to_array(F.col(f"`{col}`")).alias("v")).collect()
+        X = np.array([r["v"] for r in rows if r["v"] is not None], dtype=float)
+    return X[np.isfinite(X).all(axis=1)] if X.size else X
+
+
+def _plots(out: Path, model: Any, gmm: Any, df: Any) -> list[Path]:
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Ellipse
+
+    s = gmm.summary
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(range(len(s.logLikelihoodHistory)), s.logLikelihoodHistory, marker="o")
+    ax.set_xlabel("EM iteration")
+    ax.set_ylabel("mean log-likelihood per row")
+    ax.set_title(f"Convergence (converged={s.converged})")
+    fig.tight_layout()
+    paths.append(out / "convergence.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(range(len(s.clusterSizes)), s.clusterSizes)
+    ax.set_xlabel("component")
+    ax.set_ylabel("rows (most likely component)")
+    ax.set_title("Cluster sizes")
+    fig.tight_layout()
+    paths.append(out / "cluster_sizes.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    X = _feature_sample(model, gmm, df)
+    if X.ndim != 2 or X.shape[0] < 3:
+        return paths
+    centre = X.mean(axis=0)
+    d = X.shape[1]
+    if d >= 2:
+        _, _, vt = np.linalg.svd(X - centre, full_matrices=False)
+        basis = vt[:2].T
+    else:
+        basis = np.array([[1.0]])
+    Z = (X - centre) @ basis
+    labels = gmm.predict(X)
+    full = gmm._full_covariances()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.scatter(
+        Z[:, 0],
+        Z[:, 1] if Z.shape[1] > 1 else np.zeros(len(Z)),
+        color=plt.cm.tab10(labels % 10),
+        s=4,
+        alpha=0.5,
+    )
+    for j, (mean, cov) in enumerate(zip(gmm.means, full)):
+        m2 = (mean - centre) @ basis
+        c2 = basis.T @ cov @ basis
+        if c2.shape == (2, 2):
+            vals, vecs = np.linalg.eigh(c2)
+            angle = np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))
+            w, h = 2 * 2 * np.sqrt(np.maximum(vals[::-1], 0))  # 2 standard deviations
+            ax.add_patch(
+                Ellipse(
+                    (m2[0], m2[1]),
+                    w,
+                    h,
+                    angle=angle,
+                    fill=False,
+                    lw=1.5,
+                    color=plt.cm.tab10(j % 10),
+                )
+            )
+        ax.annotate(str(j), (m2[0], m2[1] if m2.shape[0] > 1 else 0.0), weight="bold")
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.set_title("Components (2-sigma ellipses) on a sample, PCA view")
+    fig.tight_layout()
+    paths.append(out / "components_pca.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

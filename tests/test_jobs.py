@@ -1,0 +1,235 @@
+"""The fit/score jobs: config files, outputs, reruns, exit codes, spark-submit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import make_mixture
+
+from spark_gmm import GaussianMixtureModel
+from spark_gmm.cli import ConfigError, FitConfig, ScoreConfig, load_config, main
+from spark_gmm.jobs import JobError, run_fit, run_score
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def table(spark, tmp_path_factory):
+    """A small mixture written as Parquet, CSV and ORC, with an id and a group column."""
+    X, _ = make_mixture(n=900, d=3, k=3, seed=51)
+    pdf = pd.DataFrame(X, columns=["a", "b", "c"])
+    pdf["id"] = np.arange(len(X))
+    pdf["grp"] = np.where(np.arange(len(X)) % 2 == 0, "even", "odd")
+    base = tmp_path_factory.mktemp("jobs")
+    df = spark.createDataFrame(pdf).repartition(2)
+    paths = {}
+    for fmt in ("parquet", "csv", "orc"):
+        paths[fmt] = str(base / f"input_{fmt}")
+        writer = df.write.mode("overwrite")
+        if fmt == "csv":
+            writer = writer.option("header", "true")
+        writer.format(fmt).save(paths[fmt])
+    return X, paths
+
+
+def _fit_config(path, fmt, **kw):
+    return FitConfig(input=path, format=fmt, features=["a", "b", "c"], k=3, seed=1, **kw)
+
+
+def test_unknown_and_mistyped_config_keys(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('input = "x"\nfeatures = ["a"]\nkk = 3\n')
+    with pytest.raises(ConfigError, match="unknown config key 'kk'"):
+        load_config(FitConfig, str(bad), {})
+    bad.write_text('input = "x"\nfeatures = ["a"]\nk = "three"\n')
+    with pytest.raises(ConfigError, match="'k' must be of type int; got 'three'"):
+        load_config(FitConfig, str(bad), {})
+    # Through the command: exit 2, one line, before any Spark session starts.
+    assert main(["fit", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: config key 'k' must be of type int; got 'three'."]
+
+
+def test_flags_override_the_file(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text('input = "in"\nfeatures = ["a", "b"]\nk = 3\n')
+    config = load_config(FitConfig, str(conf), {"k": 5, "features": "a,b,c"})
+    assert config.k == 5 and config.features == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "orc"])
+def test_fit_then_score_each_format(spark, table, tmp_path, fmt):
+    X, paths = table
+    model_dir = str(tmp_path / "model")
+    run_fit(spark, _fit_config(paths[fmt], fmt, output=model_dir))
+    model = GaussianMixtureModel.load(model_dir)
+    assert model.getK() == 3 and model.summary.numRows == len(X)
+    out = str(tmp_path / "scored")
+    run_score(
+        spark,
+        ScoreConfig(input=paths[fmt], format=fmt, model=model_dir, id_cols=["id"], output=out),
+    )
+    scored = pd.read_parquet(out).sort_values("id")
+    assert len(scored) == len(X)
+    expected = model.predict_proba(X)
+    assert np.allclose(np.stack(scored["probability"].to_numpy()), expected, atol=1e-12)
+    assert np.array_equal(scored["prediction"].to_numpy(), expected.argmax(axis=1))
+
+
+def test_standardize_is_saved_with_the_model(spark, table, tmp_path):
+    from pyspark.ml import PipelineModel
+
+    X, paths = table
+    model_dir = str(tmp_path / "model")
+    run_fit(spark, _fit_config(paths["parquet"], "parquet", output=model_dir, standardize=True))
+    pipeline = PipelineModel.load(model_dir)
+    out = str(tmp_path / "scored")
+    run_score(
+        spark, ScoreConfig(input=paths["parquet"], model=model_dir, id_cols=["id"], output=out)
+    )
+    scored = pd.read_parquet(out).sort_values("id")
+    scaled = (X - X.mean(axis=0)) / X.std(axis=0, ddof=1)
+    gmm = pipeline.stages[-1]
+    assert np.allclose(
+        np.stack(scored["probability"].to_numpy()), gmm.predict_proba(scaled), atol=1e-9
+    )
+
+
+def test_anomaly_quantile_and_partitioned_reruns(spark, table, tmp_path):
+    X, paths = table
+    model_dir = str(tmp_path / "model")
+    run_fit(spark, _fit_config(paths["parquet"], "parquet", output=model_dir))
+    out = str(tmp_path / "scored")
+    score = ScoreConfig(
+        input=paths["parquet"],
+        model=model_dir,
+        id_cols=["id"],
+        output=out,
+        partition_by=["grp"],
+        anomaly_quantile=0.05,
+        mode="overwrite",
+    )
+    run_score(spark, score)
+    first = pd.read_parquet(out)
+    assert abs(first["is_anomaly"].mean() - 0.05) < 0.02  # ~5% of the training rows
+    # Rerun on the even rows only: the odd partition must survive (dynamic overwrite).
+    run_score(spark, replace(score, where="grp = 'even'"))
+    again = pd.read_parquet(out)
+    assert len(again) == len(first) == len(X)
+    # --mode error onto the existing output fails and leaves it untouched.
+    with pytest.raises(Exception, match="already exists"):
+        run_score(spark, replace(score, mode="error"))
+    assert len(pd.read_parquet(out)) == len(X)
+
+
+def test_refuses_to_write_over_its_input(spark, table, tmp_path):
+    _, paths = table
+    with pytest.raises(JobError, match=r"refusing to write .* job.s input"):
+        run_score(spark, ScoreConfig(input=paths["parquet"], model="m", output=paths["parquet"]))
+    with pytest.raises(JobError, match="refusing to write"):
+        run_fit(spark, _fit_config(paths["parquet"], "parquet", output=paths["parquet"] + "/model"))
+
+
+def test_dry_run_writes_nothing(spark, table, tmp_path, capsys):
+    _, paths = table
+    run_fit(
+        spark, _fit_config(paths["parquet"], "parquet", output=str(tmp_path / "m"), dry_run=True)
+    )
+    assert "plan: fit k=3 full" in capsys.readouterr().out
+    assert not (tmp_path / "m").exists()
+
+
+def _submit(*args, env_extra=None, cwd=ROOT):
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env_extra or {})}
+    return subprocess.run(
+        [str(spark_submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_spark_submit_fit_and_score_with_report(table, tmp_path):
+    X, paths = table
+    model_dir, report, out = tmp_path / "model", tmp_path / "report", tmp_path / "scored"
+    fit = _submit(
+        "--conf",
+        "spark.my.password=hunter2",
+        "jobs/fit_gmm.py",
+        "--input",
+        paths["parquet"],
+        "--features",
+        "a,b,c",
+        "--k",
+        "3",
+        "--seed",
+        "1",
+        "--output",
+        str(model_dir),
+        "--report",
+        str(report),
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    # spark-submit merges the Python driver's stderr into its stdout.
+    assert "EM iteration 1/100" in fit.stdout  # one log line per iteration
+    assert "spark_gmm fit: k=3" in fit.stdout
+    data = json.loads((report / "report.json").read_text())
+    assert data["rows"] == {"read": len(X), "skipped": 0, "used": len(X)}
+    assert len(data["iterations"]) == data["num_iter"]
+    assert "hunter2" not in (report / "report.json").read_text()
+    assert data["spark"]["conf"]["spark.my.password"] == "*****(redacted)"
+    for png in ("convergence.png", "cluster_sizes.png", "components_pca.png"):
+        assert (report / png).stat().st_size > 1000
+    score = _submit(
+        "jobs/score_gmm.py",
+        "--input",
+        paths["parquet"],
+        "--model",
+        str(model_dir),
+        "--id-cols",
+        "id",
+        "--output",
+        str(out),
+    )
+    assert score.returncode == 0, score.stderr[-3000:]
+    assert len(pd.read_parquet(out)) == len(X)
+    # Errors: exit 2 and one line on stderr naming the problem, nothing on stdout.
+    missing = _submit(
+        "jobs/score_gmm.py",
+        "--input",
+        str(tmp_path / "nope"),
+        "--model",
+        str(model_dir),
+        "--output",
+        str(tmp_path / "o2"),
+    )
+    assert missing.returncode == 2
+    errors = [line for line in missing.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "AnalysisException: [PATH_NOT_FOUND]" in errors[0], errors
+    assert "Traceback" not in missing.stdout and "\tat org.apache" not in missing.stdout
+    assert not (tmp_path / "o2").exists()
+    bad_col = _submit(
+        "jobs/fit_gmm.py",
+        "--input",
+        paths["parquet"],
+        "--features",
+        "a,zz",
+        "--output",
+        str(tmp_path / "m2"),
+    )
+    assert bad_col.returncode == 2
+    assert "error: Feature column 'zz' is not in the input" in bad_col.stdout
+    assert not (tmp_path / "m2").exists()
+    shutil.rmtree(out)
