@@ -57,6 +57,15 @@ def _hadoop_fs(spark: Any, path: str) -> tuple[Any, Any] | None:
     return jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), jpath
 
 
+def _ml_context(spark: Any) -> Any:
+    """What ``DefaultParamsWriter/Reader`` take: PySpark 3.5 needs the SparkContext (it
+    writes through ``sc.parallelize``/``textFile``); 4.x takes either; Connect has only the
+    session."""
+    from spark_gmm.engine import is_connect
+
+    return spark if is_connect(spark) else spark.sparkContext
+
+
 def _jvm_path(spark: Any, path: str) -> Any:
     return spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
 
@@ -139,7 +148,9 @@ class GaussianMixtureModelWriter(_AtomicWriter):
             "trainingSummary": None if summary is None else summary.to_dict(),
             "logLikelihoodQuantiles": model.logLikelihoodQuantiles,
         }
-        DefaultParamsWriter.saveMetadata(model, path, spark, extra, _json_params(model))
+        DefaultParamsWriter.saveMetadata(
+            model, path, _ml_context(spark), extra, _json_params(model)
+        )
 
 
 def _library_version() -> str:
@@ -150,7 +161,7 @@ def _library_version() -> str:
 
 def _load_metadata(path: str, spark: Any, expected_class: str) -> dict[str, Any]:
     try:
-        metadata = DefaultParamsReader.loadMetadata(path, spark, expected_class)
+        metadata = DefaultParamsReader.loadMetadata(path, _ml_context(spark), expected_class)
     except Exception as exc:  # missing dir, empty or unparseable metadata, wrong class
         raise ModelFormatError(
             f"{path} is not a complete spark_gmm save: its metadata is missing or unreadable "
@@ -242,7 +253,7 @@ class GaussianMixtureWriter(_AtomicWriter):
         DefaultParamsWriter.saveMetadata(
             estimator,
             path,
-            self.sparkSession,
+            _ml_context(self.sparkSession),
             {
                 "formatVersion": FORMAT_VERSION,
                 "libraryVersion": _library_version(),
@@ -293,7 +304,7 @@ def load_any_model(path: str, spark: Any) -> Any:
     from spark_gmm.estimator import GaussianMixtureModel
 
     try:
-        metadata = DefaultParamsReader.loadMetadata(path.rstrip("/"), spark)
+        metadata = DefaultParamsReader.loadMetadata(path.rstrip("/"), _ml_context(spark))
     except Exception as exc:
         raise ModelFormatError(
             f"{path} is not a saved model: its metadata is missing or unreadable "

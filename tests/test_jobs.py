@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -164,24 +163,13 @@ def _submit(*args, env_extra=None, cwd=ROOT):
 def test_spark_submit_fit_and_score_with_report(table, tmp_path):
     X, paths = table
     model_dir, report, out = tmp_path / "model", tmp_path / "report", tmp_path / "scored"
+    # Fit from CSV, score ORC and Parquet: every input format goes through spark-submit.
     fit = _submit(
-        "--conf",
-        "spark.my.password=hunter2",
-        "jobs/fit_gmm.py",
-        "--input",
-        paths["parquet"],
-        "--features",
-        "a,b,c",
-        "--k",
-        "3",
-        "--seed",
-        "1",
-        "--output",
-        str(model_dir),
-        "--report",
-        str(report),
+        *("--conf", "spark.my.password=hunter2", "jobs/fit_gmm.py"),
+        *("--input", paths["csv"], "--format", "csv", "--features", "a,b,c"),
+        *("--k", "3", "--seed", "1", "--output", str(model_dir), "--report", str(report)),
     )
-    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert fit.returncode == 0, fit.stdout[-3000:]
     # spark-submit merges the Python driver's stderr into its stdout.
     assert "EM iteration 1/100" in fit.stdout  # one log line per iteration
     assert "spark_gmm fit: k=3" in fit.stdout
@@ -192,28 +180,19 @@ def test_spark_submit_fit_and_score_with_report(table, tmp_path):
     assert data["spark"]["conf"]["spark.my.password"] == "*****(redacted)"
     for png in ("convergence.png", "cluster_sizes.png", "components_pca.png"):
         assert (report / png).stat().st_size > 1000
-    score = _submit(
-        "jobs/score_gmm.py",
-        "--input",
-        paths["parquet"],
-        "--model",
-        str(model_dir),
-        "--id-cols",
-        "id",
-        "--output",
-        str(out),
-    )
-    assert score.returncode == 0, score.stderr[-3000:]
-    assert len(pd.read_parquet(out)) == len(X)
-    # Errors: exit 2 and one line on stderr naming the problem, nothing on stdout.
+    expected = GaussianMixtureModel.load(str(model_dir)).predict_proba(X)
+    for fmt in ("orc", "parquet"):
+        score = _submit(
+            *("jobs/score_gmm.py", "--input", paths[fmt], "--format", fmt),
+            *("--model", str(model_dir), "--id-cols", "id", "--output", str(out / fmt)),
+        )
+        assert score.returncode == 0, score.stdout[-3000:]
+        scored = pd.read_parquet(out / fmt).sort_values("id")
+        assert np.allclose(np.stack(scored["probability"].to_numpy()), expected, atol=1e-12)
+    # Errors: exit 2 and one line naming the problem, no stack trace, nothing written.
     missing = _submit(
-        "jobs/score_gmm.py",
-        "--input",
-        str(tmp_path / "nope"),
-        "--model",
-        str(model_dir),
-        "--output",
-        str(tmp_path / "o2"),
+        *("jobs/score_gmm.py", "--input", str(tmp_path / "nope"), "--model", str(model_dir)),
+        *("--output", str(tmp_path / "o2")),
     )
     assert missing.returncode == 2
     errors = [line for line in missing.stdout.splitlines() if line.startswith("error:")]
@@ -221,15 +200,100 @@ def test_spark_submit_fit_and_score_with_report(table, tmp_path):
     assert "Traceback" not in missing.stdout and "\tat org.apache" not in missing.stdout
     assert not (tmp_path / "o2").exists()
     bad_col = _submit(
-        "jobs/fit_gmm.py",
-        "--input",
-        paths["parquet"],
-        "--features",
-        "a,zz",
-        "--output",
-        str(tmp_path / "m2"),
+        *("jobs/fit_gmm.py", "--input", paths["parquet"], "--features", "a,zz"),
+        *("--output", str(tmp_path / "m2")),
     )
     assert bad_col.returncode == 2
     assert "error: Feature column 'zz' is not in the input" in bad_col.stdout
     assert not (tmp_path / "m2").exists()
-    shutil.rmtree(out)
+
+
+def test_catalog_tables_in_an_embedded_hive_metastore(table, tmp_path):
+    """--table in, --output-table out, through a Derby metastore created here."""
+    _, paths = table
+    hive = [
+        "--conf",
+        "spark.sql.catalogImplementation=hive",
+        "--conf",
+        f"spark.sql.warehouse.dir={tmp_path / 'warehouse'}",
+        "--conf",
+        "spark.hadoop.javax.jdo.option.ConnectionURL="
+        f"jdbc:derby:;databaseName={tmp_path / 'metastore_db'};create=true",
+        "--driver-java-options",
+        f"-Dderby.system.home={tmp_path}",
+    ]
+    setup = tmp_path / "setup.py"
+    setup.write_text(
+        "from pyspark.sql import SparkSession\n"
+        "spark = SparkSession.builder.getOrCreate()\n"
+        "spark.sql('CREATE DATABASE IF NOT EXISTS lake')\n"
+        f"spark.read.parquet({paths['parquet']!r}).write.partitionBy('grp')"
+        ".saveAsTable('lake.events')\n"
+    )
+    made = _submit(*hive, str(setup), cwd=tmp_path)
+    assert made.returncode == 0, made.stdout[-3000:]
+    model_dir = tmp_path / "model"
+    fit = _submit(
+        *hive,
+        str(ROOT / "jobs/fit_gmm.py"),
+        "--table",
+        "lake.events",
+        "--where",
+        "grp = 'even'",
+        "--features",
+        "a,b,c",
+        "--k",
+        "3",
+        "--output",
+        str(model_dir),
+        cwd=tmp_path,
+    )
+    assert fit.returncode == 0, fit.stdout[-3000:]
+    assert "rows=450 " in fit.stdout  # the --where predicate kept the even half
+    score = _submit(
+        *hive,
+        str(ROOT / "jobs/score_gmm.py"),
+        "--table",
+        "lake.events",
+        "--model",
+        str(model_dir),
+        "--id-cols",
+        "id",
+        "--output-table",
+        "lake.scored",
+        cwd=tmp_path,
+    )
+    assert score.returncode == 0, score.stdout[-3000:]
+    scored = pd.read_parquet(tmp_path / "warehouse" / "lake.db" / "scored")
+    assert len(scored) == 900 and set(scored.columns) >= {"id", "prediction", "probability"}
+    same = _submit(
+        *hive,
+        str(ROOT / "jobs/score_gmm.py"),
+        "--table",
+        "lake.events",
+        "--model",
+        str(model_dir),
+        "--output-table",
+        "lake.events",
+        cwd=tmp_path,
+    )
+    assert same.returncode == 2 and "refusing to write table lake.events" in same.stdout
+
+
+def test_report_without_matplotlib_still_writes_json(spark, table, tmp_path, monkeypatch, caplog):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    _, paths = table
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    report = tmp_path / "report"
+    run_fit(spark, _fit_config(paths["parquet"], "parquet", report=str(report)))
+    assert json.loads((report / "report.json").read_text())["num_iter"] >= 1
+    assert not list(report.glob("*.png"))
+    assert any("matplotlib is not installed" in r.getMessage() for r in caplog.records)
