@@ -34,6 +34,11 @@ Array = NDArray[np.float64]
 
 INIT_MODES = ("kmeans", "k-means++", "random_from_data", "random")
 
+_ZERO_WEIGHT = (
+    "The row weights sum to 0 (in weightCol): no row carries weight. Check the weight "
+    "column, or drop weightCol."
+)
+
 
 class ConvergenceWarning(UserWarning):
     """EM stopped at ``maxIter`` before the log-likelihood settled within ``tol``."""
@@ -147,6 +152,8 @@ def _initial_tasks(
 ) -> list[kernels.Task]:
     """One initialisation task per candidate, from a partition-independent sample."""
     X, w = data.sample(sample_size, seed)
+    if X.shape[0] and not w.sum() > 0:
+        raise InvalidInputError(_ZERO_WEIGHT)
     if X.shape[0] < k:
         raise InvalidInputError(
             f"k={k} is larger than the number of rows available to initialise from "
@@ -245,6 +252,8 @@ def fit_em(
         tasks = [kernels.EMTask(c.params) for c in live]  # type: ignore[arg-type]
         flat = data.statistics(tasks, f"EM iteration {iteration}/{max_iter}")
         for cand, stats in zip(live, kernels.split_statistics(flat, tasks)):
+            if not stats.total_weight > 0:
+                raise InvalidInputError(_ZERO_WEIGHT)
             mean_ll = stats.log_likelihood / stats.total_weight
             cand.history.append(mean_ll)
             try:

@@ -126,6 +126,15 @@ def _feature_sample(model: Any, gmm: Any, df: Any) -> np.ndarray:
     return X[np.isfinite(X).all(axis=1)] if X.size else X
 
 
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plots(out: Path, model: Any, gmm: Any, df: Any) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Ellipse
@@ -137,20 +146,14 @@ def _plots(out: Path, model: Any, gmm: Any, df: Any) -> list[Path]:
     ax.set_xlabel("EM iteration")
     ax.set_ylabel("mean log-likelihood per row")
     ax.set_title(f"Convergence (converged={s.converged})")
-    fig.tight_layout()
-    paths.append(out / "convergence.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "convergence.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(range(len(s.clusterSizes)), s.clusterSizes)
     ax.set_xlabel("component")
     ax.set_ylabel("rows (most likely component)")
     ax.set_title("Cluster sizes")
-    fig.tight_layout()
-    paths.append(out / "cluster_sizes.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "cluster_sizes.png"))
 
     X = _feature_sample(model, gmm, df)
     if X.ndim != 2 or X.shape[0] < 3:
@@ -195,8 +198,5 @@ def _plots(out: Path, model: Any, gmm: Any, df: Any) -> list[Path]:
     ax.set_xlabel("principal component 1")
     ax.set_ylabel("principal component 2")
     ax.set_title("Components (2-sigma ellipses) on a sample, PCA view")
-    fig.tight_layout()
-    paths.append(out / "components_pca.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "components_pca.png"))
     return paths

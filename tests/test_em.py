@@ -139,3 +139,12 @@ def test_kmeans_finds_separated_centres():
     order = np.argsort(found[:, 0] * 100 + found[:, 1])
     expected_order = np.argsort(centres[:, 0] * 100 + centres[:, 1])
     assert np.max(np.abs(found[order] - centres[expected_order])) < 0.5
+
+
+def test_zero_weights_and_single_component():
+    X, _ = make_mixture(n=200, d=2, k=2, seed=19)
+    with pytest.raises(InvalidInputError, match="weights sum to 0"):
+        fit_em(InMemoryData(X, np.zeros(len(X))), 2, "full")
+    one = fit_em(InMemoryData(X), 1, "full")
+    assert np.allclose(one.params.means[0], X.mean(axis=0))
+    assert np.allclose(one.params.covariances[0], np.cov(X.T, bias=True) + 1e-6 * np.eye(2))
