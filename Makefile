@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench bench-quick check-java venv clean
+.PHONY: demo test lint bench bench-quick dist check-java venv clean
 
 check-java:
 	@bash scripts/check_java.sh
@@ -30,6 +30,17 @@ demo: check-java $(STAMP)
 test: check-java $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The library and model tests against PySpark 3.5 (the most deployed line on managed
+# clusters), in a separate virtualenv.
+VENV35 ?= .venv-spark35
+test-spark35: check-java
+	@test -x $(VENV35)/bin/python || $(PYTHON) -m venv $(VENV35)
+	$(VENV35)/bin/python -m pip install --quiet "pyspark==3.5.7" "numpy<2.3" "pandas>=2,<3" pyarrow \
+		scikit-learn pytest threadpoolctl matplotlib
+	$(VENV35)/bin/python -m pip install --quiet --no-deps -e .
+	$(VENV35)/bin/python -m pytest tests/test_gaussian.py tests/test_em.py tests/test_spark_fit.py \
+		tests/test_spark_errors.py tests/test_model.py tests/test_session.py tests/test_jobs.py $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(PY) -m ruff check spark_gmm jobs tests benchmarks
 	$(PY) -m mypy
@@ -39,6 +50,13 @@ bench: check-java $(STAMP)
 
 bench-quick: check-java $(STAMP)
 	$(PY) benchmarks/bench_iteration.py --quick
+
+# dist/spark_gmm-<version>-py3-none-any.whl (pip install on a cluster's Python) and
+# dist/spark_gmm.zip (spark-submit --py-files). Rebuilt from scratch every time.
+dist: $(STAMP)
+	rm -f dist/spark_gmm-*.whl dist/spark_gmm.zip
+	$(PY) -m pip wheel . --no-deps --quiet -w dist
+	$(PY) scripts/build_pyfiles_zip.py dist/spark_gmm.zip
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache out

@@ -49,9 +49,20 @@ def is_connect(obj: Any) -> bool:
 
 @contextmanager
 def job_description(spark, text: str) -> Iterator[None]:
-    """Label the Spark jobs run inside the block (visible in the Spark UI)."""
+    """Label the Spark jobs run inside the block (visible in the Spark UI).
+
+    Spark Connect has no job description: there the operations get a tag instead (shown
+    in the jobs' tags, and usable with ``spark.interruptTag``).
+    """
     if is_connect(spark):
-        yield
+        tag = f"spark_gmm: {text}".replace(",", ";")  # a tag cannot contain ","
+        added = tag not in spark.getTags()
+        spark.addTag(tag)
+        try:
+            yield
+        finally:
+            if added:
+                spark.removeTag(tag)
         return
     sc = spark.sparkContext
     previous = sc.getLocalProperty("spark.job.description")

@@ -24,6 +24,8 @@ def ensure_local_python_workers(spark: Any) -> None:
     """
     from spark_gmm.engine import is_connect
 
+    # Over Spark Connect the server starts the workers with its own $PYSPARK_PYTHON (the
+    # Connect planner does not read spark.pyspark.python); nothing to do from the client.
     if is_connect(spark) or os.environ.get("PYSPARK_PYTHON"):
         return
     sc = spark.sparkContext

@@ -1,0 +1,301 @@
+"""Spark Connect: fit and transform through a Connect server equal the classic session's.
+
+A module fixture starts the Connect server that ships with the pyspark wheel
+(``spark-submit --class org.apache.spark.sql.connect.service.SparkConnectServer``) on
+loopback, ``local[2]``, and stops it by its pid at the end. The Connect client runs in
+its own process (tests/connect_client.py): a remote session cannot be created while the
+classic ``spark`` fixture is running ("[SESSION_ALREADY_EXIST] Cannot start a remote Spark
+session because there is a regular Spark session already running"), and once created it
+switches ``pyspark.sql.functions`` to Connect columns for the whole process.
+
+Missing prerequisites (the ``connect`` extra, Java, the Connect jar) fail with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import make_mixture, rel_err
+from pyspark.sql import functions as F
+
+from spark_gmm import GaussianMixture, GaussianMixtureModel
+
+CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+CLIENT = Path(__file__).resolve().parent / "connect_client.py"
+CFG = {"n": 1500, "d": 3, "k": 3, "data_seed": 11, "seed": 7, "partitions": 3}
+COLS = [f"x{j}" for j in range(CFG["d"])]
+STARTUP_TIMEOUT = 180.0
+CLIENT_TIMEOUT = 900.0
+
+
+@dataclass
+class ConnectServer:
+    pid: int
+    url: str
+    ui_port: int
+    log: Path
+
+    def log_tail(self, head: int = 1500, tail: int = 3000) -> str:
+        """The log's start (spark-submit's own errors) and end (the server's last words)."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError as e:
+            return f"(no server log: {e})"
+        if len(text) <= head + tail:
+            return text
+        return f"{text[:head]}\n[... {self.log} ...]\n{text[-tail:]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _check_prerequisites() -> Path:
+    """The pyspark home to start the server from; fails with the reason if it cannot."""
+    missing = [
+        pkg
+        for mod, pkg in [
+            ("grpc", "grpcio"),
+            ("grpc_status", "grpcio-status"),
+            ("google.rpc", "googleapis-common-protos"),
+            ("zstandard", "zstandard"),
+        ]
+        if importlib.util.find_spec(mod) is None
+    ]
+    if missing:
+        pytest.fail(
+            f"Spark Connect client packages missing: {', '.join(missing)}. "
+            "Install them with: pip install -e '.[connect]' (or '.[dev]')."
+        )
+    from pyspark.sql.connect.utils import check_dependencies
+
+    try:
+        check_dependencies()
+    except Exception as e:
+        pytest.fail(f"Spark Connect client dependencies are not usable: {e}")
+    java_home = os.environ.get("JAVA_HOME")
+    if not shutil.which("java") and not (java_home and Path(java_home, "bin", "java").exists()):
+        pytest.fail("Java 17+ is needed to start the Spark Connect server; none found.")
+    import pyspark
+
+    spark_home = Path(pyspark.__file__).resolve().parent
+    if not list((spark_home / "jars").glob("spark-connect_*.jar")):
+        pytest.fail(f"No spark-connect_*.jar in {spark_home / 'jars'}: this pyspark has no server.")
+    if not (spark_home / "bin" / "spark-submit").exists():
+        pytest.fail(f"No bin/spark-submit in {spark_home}.")
+    return spark_home
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's JVM (its own pid: spark-submit execs java), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def connect_server(tmp_path_factory):
+    spark_home = _check_prerequisites()
+    tmp = tmp_path_factory.mktemp("spark_connect")
+    port, ui_port = _free_port(), _free_port()
+    conf_dir = tmp / "conf"  # no spark-defaults.conf from the environment
+    conf_dir.mkdir()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "SPARK_REMOTE",
+            "SPARK_CONNECT_MODE_ENABLED",
+            "SPARK_API_MODE",
+            "PYSPARK_GATEWAY_PORT",
+            "PYSPARK_GATEWAY_SECRET",
+        )
+    }
+    env.update(
+        SPARK_HOME=str(spark_home),
+        SPARK_CONF_DIR=str(conf_dir),
+        SPARK_LOCAL_IP="127.0.0.1",
+        # As sbin/start-connect-server.sh does.
+        SPARK_CONNECT_MODE="0",
+        # The Connect planner starts UDF workers with $PYSPARK_PYTHON (it does not read
+        # spark.pyspark.python): the venv interpreter, which has numpy/pyarrow/spark_gmm.
+        PYSPARK_PYTHON=sys.executable,
+    )
+    confs = {
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(port),
+        "spark.pyspark.python": sys.executable,
+        "spark.driver.host": "127.0.0.1",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.ui.port": str(ui_port),  # the test reads the storage/jobs REST API
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.shuffle.partitions": "4",
+        "spark.default.parallelism": "4",
+    }
+    cmd = [
+        str(spark_home / "bin" / "spark-submit"),
+        "--class",
+        CONNECT_SERVER_CLASS,
+        "--name",
+        "spark_gmm-connect-tests",
+        "--master",
+        "local[2]",
+        "--driver-memory",
+        "1g",
+    ]
+    for key, value in confs.items():
+        cmd += ["--conf", f"{key}={value}"]
+    log = tmp / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=tmp
+        )
+    server = ConnectServer(proc.pid, f"sc://127.0.0.1:{port}", ui_port, log)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"The Spark Connect server exited with code {proc.returncode} before "
+                    f"listening on 127.0.0.1:{port}. Server log:\n{server.log_tail()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"The Spark Connect server (pid {proc.pid}) did not listen on "
+                    f"127.0.0.1:{port} within {STARTUP_TIMEOUT:.0f} s. Server log:\n"
+                    f"{server.log_tail()}"
+                )
+            time.sleep(0.5)
+        yield server
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def remote(connect_server):
+    """Everything the Connect client computed (one client process for all the tests)."""
+    cfg = dict(CFG, url=connect_server.url, ui_port=connect_server.ui_port)
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "PYSPARK_PYTHON")}
+    try:
+        done = subprocess.run(
+            [sys.executable, str(CLIENT), json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=CLIENT_TIMEOUT,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(
+            f"The Spark Connect client did not finish within {CLIENT_TIMEOUT:.0f} s. "
+            f"Server log tail:\n{connect_server.log_tail()}"
+        )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        pytest.fail(
+            f"The Spark Connect client failed (exit code {done.returncode}).\n"
+            f"stderr tail:\n{done.stderr[-4000:]}\nserver log tail:\n{connect_server.log_tail()}"
+        )
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+@pytest.fixture(scope="module")
+def classic(spark):
+    """The same fits on the classic local session."""
+    X, _ = make_mixture(n=CFG["n"], d=CFG["d"], k=CFG["k"], seed=CFG["data_seed"])
+    pdf = pd.DataFrame(X, columns=COLS)
+    pdf["id"] = np.arange(len(X))
+    df = spark.createDataFrame(pdf).repartition(CFG["partitions"])
+    arr_df = df.select("id", F.array(*COLS).alias("features"))
+    models = {
+        "columns": GaussianMixture(k=CFG["k"], inputCols=COLS, seed=CFG["seed"]).fit(df),
+        "array": GaussianMixture(k=CFG["k"], featuresCol="features", seed=CFG["seed"]).fit(arr_df),
+    }
+    return X, models
+
+
+def test_client_ran_over_connect(remote):
+    assert remote["is_connect"], remote["session_type"]
+    assert remote["gaussians_rows"] == CFG["k"]
+    assert remote["summary_predictions_rows"] == CFG["n"]
+
+
+@pytest.mark.parametrize("variant", ["columns", "array"])
+def test_fit_over_connect_equals_classic(remote, classic, variant):
+    _, models = classic
+    got, want = remote[variant]["params"], models[variant]
+    assert got["numRows"] == CFG["n"]
+    assert got["numIter"] == want.summary.numIter
+    assert rel_err(got["weights"], want.weights) < 1e-9
+    assert rel_err(got["means"], want.means) < 1e-9
+    assert rel_err(got["covariances"], want.covariances) < 1e-9
+    assert rel_err(got["meanLogLikelihood"], want.summary.meanLogLikelihood) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("variant", "scored"),
+    [("columns", "scored"), ("array", "scored"), ("array", "scored_vector")],
+)
+def test_transform_over_connect_equals_numpy(remote, classic, variant, scored):
+    X, models = classic
+    out = remote[variant][scored]
+    assert out["id"] == list(range(CFG["n"]))
+    proba = np.asarray(out["probability"])
+    pred = np.asarray(out["prediction"])
+    p = remote[variant]["params"]
+    # The model fitted over Connect, rebuilt from its parameters, scored with numpy.
+    connect_model = GaussianMixtureModel.fromParameters(
+        p["weights"], p["means"], p["covariances"], "full"
+    )
+    want = connect_model.predict_proba(X)
+    assert np.max(np.abs(proba - want)) < 1e-9
+    np.testing.assert_array_equal(pred, np.argmax(want, axis=1))
+    # ... and equal to the classic model's numpy scores too.
+    assert np.max(np.abs(proba - models[variant].predict_proba(X))) < 1e-8
+
+
+def test_nothing_stays_cached_on_the_server(remote):
+    # The check can see a cache: a DataFrame the client persisted itself was listed.
+    assert remote["cached_probe"], "the storage REST API did not list a persisted DataFrame"
+    assert remote["cached_before"] == []
+    assert remote["cached_after_fit"] == []
+    assert remote["cached_after_array_fit"] == []
+    assert remote["cached_after_error"] == []
+
+
+def test_invalid_input_error_reaches_the_connect_client(remote):
+    message = remote["invalid_error"]
+    assert message is not None, "fitting a NaN row over Connect did not raise"
+    assert "1 input rows have invalid features" in message
+    assert "column 'x0'" in message
+
+
+def test_jobs_are_tagged_over_connect(remote):
+    tags = remote["job_tags"]
+    assert any("spark_gmm: EM iteration 1/" in t for t in tags), tags[:10]
+    assert any("spark_gmm: validate and cache the input" in t for t in tags), tags[:10]
