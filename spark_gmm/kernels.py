@@ -17,7 +17,7 @@ A *task* describes one candidate model's work in a data pass:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,6 +35,12 @@ Array = NDArray[np.float64]
 @dataclass(frozen=True)
 class EMTask:
     params: MixtureParameters
+
+    def __post_init__(self) -> None:
+        # Only weights, means and Cholesky factors travel to the executors: the
+        # covariances are needed by the M-step alone, which runs on the driver.
+        if self.params.covariances.size:
+            object.__setattr__(self, "params", replace(self.params, covariances=np.empty(0)))
 
     @property
     def flat_size(self) -> int:
