@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import make_mixture, rel_err
+from helpers import free_port, make_mixture, rel_err
 from pyspark.sql import functions as F
 
 from spark_gmm import GaussianMixture, GaussianMixtureModel
@@ -57,12 +57,6 @@ class ConnectServer:
         if len(text) <= head + tail:
             return text
         return f"{text[:head]}\n[... {self.log} ...]\n{text[-tail:]}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _check_prerequisites() -> Path:
@@ -117,7 +111,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def connect_server(tmp_path_factory):
     spark_home = _check_prerequisites()
     tmp = tmp_path_factory.mktemp("spark_connect")
-    port, ui_port = _free_port(), _free_port()
+    port, ui_port = free_port(), free_port()
     conf_dir = tmp / "conf"  # no spark-defaults.conf from the environment
     conf_dir.mkdir()
     env = {

@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import make_mixture, rel_err
+from helpers import free_port, make_mixture, rel_err
 
 from spark_gmm import GaussianMixtureModel
 from spark_gmm.cli import FitConfig
@@ -72,12 +72,6 @@ def _phase(name: str) -> None:
         f"[standalone] {name}: {now - _clock['last']:.1f} s (total {now - _clock['start']:.1f} s)"
     )
     _clock["last"] = now
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tail(path: Path, chars: int = 3000) -> str:
@@ -258,7 +252,7 @@ def cluster(tmp_path_factory):
     _phase("zip and executor Python checked")
 
     spark_class = str(spark_home / "bin" / "spark-class")
-    port, webui = _free_port(), _free_port()
+    port, webui = free_port(), free_port()
     master_url = f"spark://127.0.0.1:{port}"
     procs: list[subprocess.Popen] = []
     logs: list[Path] = []
@@ -299,7 +293,7 @@ def cluster(tmp_path_factory):
             start(
                 f"worker{i}",
                 ["org.apache.spark.deploy.worker.Worker", master_url, "--host", "127.0.0.1"]
-                + ["--cores", "1", "--memory", "1g", "--webui-port", str(_free_port())]
+                + ["--cores", "1", "--memory", "1g", "--webui-port", str(free_port())]
                 + ["--work-dir", str(work)],
                 {"SPARK_WORKER_DIR": str(work), "SPARK_LOCAL_DIRS": str(local)},
             )
