@@ -805,8 +805,7 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
             logp = np.full(n, np.nan)
             proba = [None] * n
             if ok.any():
-                wlp = gaussian.estimate_weighted_log_prob(X[ok], params)
-                lpn, resp = gaussian._log_normalize(wlp)
+                lpn, resp = gaussian.score_and_proba(X[ok], params)
                 pred[ok] = np.argmax(resp, axis=1)
                 logp[ok] = lpn
                 idx = np.flatnonzero(ok)

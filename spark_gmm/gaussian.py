@@ -44,6 +44,7 @@ __all__ = [
     "n_parameters",
     "precision_cholesky_from_precisions",
     "predict_proba",
+    "score_and_proba",
     "score_samples",
 ]
 
@@ -354,14 +355,19 @@ def _log_normalize(weighted_log_prob: Array) -> tuple[Array, Array]:
     return log_prob_norm[:, 0], resp
 
 
+def score_and_proba(X: Array, params: MixtureParameters) -> tuple[Array, Array]:
+    """Each row's log-likelihood (n_samples,) and responsibilities (n_samples, k)."""
+    return _log_normalize(estimate_weighted_log_prob(X, params))
+
+
 def score_samples(X: Array, params: MixtureParameters) -> Array:
     """Log-likelihood of each row, ``log sum_j weight_j p(x | j)``, shape (n_samples,)."""
-    return _log_normalize(estimate_weighted_log_prob(X, params))[0]
+    return score_and_proba(X, params)[0]
 
 
 def predict_proba(X: Array, params: MixtureParameters) -> Array:
     """Responsibilities (posterior membership probabilities), shape (n_samples, k)."""
-    return _log_normalize(estimate_weighted_log_prob(X, params))[1]
+    return score_and_proba(X, params)[1]
 
 
 # ---------------------------------------------------------------------------
