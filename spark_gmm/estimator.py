@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from numpy.typing import NDArray
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
@@ -35,7 +36,7 @@ from pyspark.ml.param.shared import (
 from pyspark.ml.util import MLReadable, MLWritable
 
 from spark_gmm import gaussian
-from spark_gmm.data import resolve_features
+from spark_gmm.data import batch_to_rows, resolve_features
 from spark_gmm.em import INIT_MODES, fit_em
 from spark_gmm.engine import prepare
 from spark_gmm.errors import InvalidInputError
@@ -213,12 +214,14 @@ class _GaussianMixtureParams(
             f"initSampleSize must be >= k={k}; got {self.getInitSampleSize()}.",
         )
 
-    def _features(self, dataset: Any, n_features: int | None = None) -> tuple[Any, list[Any]]:
+    def _features(
+        self, dataset: Any, n_features: int | None = None, with_weight: bool = True
+    ) -> tuple[Any, list[Any]]:
         return resolve_features(
             dataset,
             self._opt(self.inputCols),
             self.getFeaturesCol(),
-            self._opt(self.weightCol),
+            self._opt(self.weightCol) if with_weight else None,
             n_features=n_features,
         )
 
@@ -774,7 +777,8 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
         ensure_local_python_workers(dataset.sparkSession)
         params = self.mixtureParameters
         d = params.n_features
-        spec, columns = self._features(dataset, n_features=d)
+        # Weights only matter for fitting: scoring neither reads nor needs the column.
+        spec, columns = self._features(dataset, n_features=d, with_weight=False)
         if spec.source == "columns" and spec.n_features != d:
             raise InvalidInputError(
                 f"The model has {d} features but inputCols names {spec.n_features} columns."
@@ -787,11 +791,18 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
                 T.StructField("loglik", T.DoubleType()),
             ]
         )
-        source, names = spec.source, spec.names
+        names = spec.names
+        # The UDF gets pandas Series; back in Arrow they go through the same validation
+        # as the fit's input (data.batch_to_rows), without a Python loop over rows.
+        arrow_type = pa.float64() if spec.source == "columns" else pa.list_(pa.float64())
 
         @pandas_udf(out_type)  # type: ignore[call-overload]
         def score(*cols: pd.Series) -> pd.DataFrame:
-            X, bad = _rows_from_series(cols, source, d)
+            batch = pa.RecordBatch.from_arrays(
+                [pa.array(c, type=arrow_type, from_pandas=True) for c in cols],
+                names=[f"f{j}" for j in range(len(cols))],
+            )
+            X, _, bad, _ = batch_to_rows(batch, spec)
             if handle == "error" and bad.any():
                 raise InvalidInputError(
                     f"{int(bad.sum())} row(s) of a batch (the first found; others may follow) "
@@ -835,24 +846,3 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
         if ll_col:
             out = out.withColumn(ll_col, F.col(f"{tmp}.loglik"))
         return out.drop(tmp)
-
-
-def _rows_from_series(
-    cols: tuple[pd.Series, ...], source: str, d: int
-) -> tuple[Array, NDArray[np.bool_]]:
-    """Feature matrix and invalid-row mask from the pandas inputs of the scoring UDF."""
-    if source == "columns":
-        X = np.column_stack([np.asarray(c, dtype=np.float64) for c in cols])
-        return X, np.asarray(~np.isfinite(X).all(axis=1), dtype=bool)
-    series = cols[0]
-    n = len(series)
-    X = np.zeros((n, d))
-    bad = np.zeros(n, dtype=bool)
-    values = series.to_numpy()
-    for i, v in enumerate(values):
-        if v is None or len(v) != d:
-            bad[i] = True
-        else:
-            X[i] = v
-    bad |= ~np.isfinite(X).all(axis=1)
-    return X, np.asarray(bad, dtype=bool)

@@ -192,6 +192,10 @@ def test_weights_equal_repeated_rows(spark):
     assert rel_err(weighted.means, repeated.means) < 1e-10
     assert rel_err(weighted.covariances, repeated.covariances) < 1e-10
     assert weighted.summary.totalWeight == w.sum()
+    # Scoring does not need the weight column: new data rarely has one.
+    rows = weighted.transform(_frame(spark, X)).orderBy("id").collect()
+    proba = np.array([r["probability"].toArray() for r in rows])
+    assert rel_err(proba, weighted.predict_proba(X)) < 1e-12
 
 
 def test_cache_released_and_callers_cache_kept(spark, data):
