@@ -168,7 +168,7 @@ def run_fit(spark: Any, config: Any) -> Any:
         print(f"  output:   {config.output or '(not saved)'}")
         return None
     model = estimator.fit(df)
-    fitted = model if model is gm or not hasattr(model, "stages") else model.stages[-1]
+    fitted = model.stages[-1] if estimator is not gm else model  # a PipelineModel ends with it
     fitted.logLikelihoodQuantiles = _log_likelihood_quantiles(model, df)
     seconds = time.perf_counter() - started
     print(summary_text(fitted, seconds))
