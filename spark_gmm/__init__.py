@@ -2,7 +2,8 @@
 
 ``GaussianMixture`` is a drop-in for ``pyspark.ml.clustering.GaussianMixture`` with
 scikit-learn's numerics (log-space E-step, Cholesky of the precision, ``regCovar``, four
-covariance types, restarts sharing data passes).
+covariance types, restarts sharing data passes). ``GaussianMixtureSelector`` chooses k
+and the covariance type by BIC/AIC over a grid fitted in shared data passes.
 """
 
 from spark_gmm.em import ConvergenceWarning
@@ -13,6 +14,7 @@ from spark_gmm.errors import (
     InvalidInputError,
 )
 from spark_gmm.estimator import GaussianMixture, GaussianMixtureModel, GaussianMixtureSummary
+from spark_gmm.selection import GaussianMixtureSelectionModel, GaussianMixtureSelector
 from spark_gmm.session import build_session
 
 __version__ = "0.1.0"
@@ -24,6 +26,8 @@ __all__ = [
     "GaussianMixture",
     "GaussianMixtureError",
     "GaussianMixtureModel",
+    "GaussianMixtureSelectionModel",
+    "GaussianMixtureSelector",
     "GaussianMixtureSummary",
     "InvalidInputError",
     "__version__",

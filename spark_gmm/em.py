@@ -5,8 +5,9 @@ Spark-agnostic: it talks to the data only through ``data.statistics(tasks, descr
 :class:`spark_gmm.engine.PreparedData` implements them on Spark, :class:`InMemoryData`
 on a numpy array (tests, small data on the driver).
 
-All ``nInit`` candidates advance together: each pass computes the statistics of every
-candidate still running, so restarts cost CPU in the executors but no extra data scans.
+All candidates advance together: each pass computes the statistics of every candidate
+still running, so restarts (``nInit``) and model selection (:func:`fit_grid`, a grid of
+k and covariance types) cost CPU in the executors but no extra data scans.
 """
 
 from __future__ import annotations
@@ -23,10 +24,18 @@ from numpy.typing import NDArray
 
 from spark_gmm import kernels
 from spark_gmm.errors import GaussianMixtureError, InvalidInputError
-from spark_gmm.gaussian import MixtureParameters, m_step
+from spark_gmm.gaussian import MixtureParameters, SufficientStatistics, m_step
 from spark_gmm.kmeans import kmeans, kmeans_plusplus
 
-__all__ = ["INIT_MODES", "ConvergenceWarning", "EMResult", "InMemoryData", "fit_em"]
+__all__ = [
+    "INIT_MODES",
+    "ConvergenceWarning",
+    "EMResult",
+    "GridCell",
+    "InMemoryData",
+    "fit_em",
+    "fit_grid",
+]
 
 log = logging.getLogger("spark_gmm")
 
@@ -90,9 +99,12 @@ class InMemoryData:
 
 @dataclass
 class Candidate:
-    """One EM run (of ``nInit``) and its history."""
+    """One EM run: a (k, covariance type) of the grid and one of its ``nInit`` starts."""
 
     index: int
+    k: int
+    covariance_type: str
+    init_index: int = 0
     params: MixtureParameters | None = None
     history: list[float] = field(default_factory=list)
     n_iter: int = 0
@@ -100,10 +112,16 @@ class Candidate:
     error: Exception | None = None
     final_log_likelihood: float = float("nan")
     final_counts: Array | None = None
+    final_total_weight: float = float("nan")
+    seconds: float = 0.0
 
     @property
     def running(self) -> bool:
         return self.error is None and not self.converged
+
+    @property
+    def label(self) -> str:
+        return f"k={self.k} {self.covariance_type} start {self.init_index}"
 
 
 @dataclass
@@ -127,6 +145,11 @@ class EMResult:
         Rows whose most likely component is j.
     candidate_log_likelihoods : list of float
         Final mean log-likelihood of every candidate (NaN for a failed one).
+    best_index : int
+        Which of the ``nInit`` starts won.
+    seconds : float
+        Compute time charged to this fit's candidates: executor seconds of their
+        statistics plus driver seconds of their M-steps.
     """
 
     params: MixtureParameters
@@ -139,56 +162,208 @@ class EMResult:
     cluster_sizes: Array
     candidate_log_likelihoods: list[float]
     best_index: int
+    seconds: float = 0.0
+
+
+@dataclass
+class GridCell:
+    """One (k, covariance type) of :func:`fit_grid`: its best start, or why all failed."""
+
+    k: int
+    covariance_type: str
+    result: EMResult | None
+    error: Exception | None
 
 
 def _initial_tasks(
     data: DataSource,
-    k: int,
-    covariance_type: str,
+    grid: Sequence[tuple[int, str]],
     init_mode: str,
     n_init: int,
     seed: int,
     sample_size: int,
-) -> list[kernels.Task]:
-    """One initialisation task per candidate, from a partition-independent sample."""
+) -> list[tuple[int, str, int, kernels.Task]]:
+    """``(k, covariance_type, start, task)`` for every candidate of the grid.
+
+    One partition-independent sample serves every k. The starting centres depend on k
+    and the start only, so they are computed once per k and shared by all covariance
+    types; with the seeds below, the candidates of any (k, type) are exactly those of a
+    single fit with that k and type.
+    """
     X, w = data.sample(sample_size, seed)
     if X.shape[0] and not w.sum() > 0:
         raise InvalidInputError(_ZERO_WEIGHT)
-    if X.shape[0] < k:
+    k_max = max(k for k, _ in grid)
+    if X.shape[0] < k_max:
         raise InvalidInputError(
-            f"k={k} is larger than the number of rows available to initialise from "
+            f"k={k_max} is larger than the number of rows available to initialise from "
             f"({X.shape[0]} of {data.n_rows} rows). Use a smaller k."
         )
-    if init_mode != "random" and np.unique(X, axis=0).shape[0] < k:
-        raise InvalidInputError(
-            f"k={k} but the rows have only {np.unique(X, axis=0).shape[0]} distinct values "
-            "(in the initialisation sample). Use a smaller k."
-        )
-    tasks: list[kernels.Task] = []
-    for i, seq in enumerate(np.random.SeedSequence(seed).spawn(n_init)):
-        # Child seeds do not depend on n_init, so candidate 0 is the nInit=1 fit and more
-        # candidates can only raise the final log-likelihood.
-        rng = np.random.default_rng(seq)
-        if init_mode == "kmeans":
-            # Candidate 0 is the robust start (best k-means of 3); the others are single
-            # k-means runs, which differ more from each other and explore other optima.
-            centres = kmeans(X, w, k, rng, n_restarts=3 if i == 0 else 1)
-        elif init_mode == "k-means++":
-            centres = kmeans_plusplus(X, w, k, rng)
-        elif init_mode == "random_from_data":
-            centres = X[rng.choice(X.shape[0], size=k, replace=False)]
-        else:
-            centre = (w @ X) / w.sum()
-            tasks.append(kernels.RandomTask(centre, k, int(rng.integers(2**63)), covariance_type))
-            continue
-        tasks.append(kernels.HardTask(np.array(centres), covariance_type))
-    return tasks
+    if init_mode != "random":
+        n_distinct = np.unique(X, axis=0).shape[0]
+        if n_distinct < k_max:
+            raise InvalidInputError(
+                f"k={k_max} but the rows have only {n_distinct} distinct values "
+                "(in the initialisation sample). Use a smaller k."
+            )
+    out: list[tuple[int, str, int, kernels.Task]] = []
+    for k in dict.fromkeys(k for k, _ in grid):
+        types = [t for kk, t in grid if kk == k]
+        for i, seq in enumerate(np.random.SeedSequence(seed).spawn(n_init)):
+            # Child seeds do not depend on n_init, so candidate 0 is the nInit=1 fit and
+            # more candidates can only raise the final log-likelihood.
+            rng = np.random.default_rng(seq)
+            if init_mode == "random":
+                centre = (w @ X) / w.sum()
+                task_seed = int(rng.integers(2**63))
+                for t in types:
+                    out.append((k, t, i, kernels.RandomTask(centre, k, task_seed, t)))
+                continue
+            if init_mode == "kmeans":
+                # Candidate 0 is the robust start (best k-means of 3); the others are
+                # single k-means runs, which differ more and explore other optima.
+                centres = kmeans(X, w, k, rng, n_restarts=3 if i == 0 else 1)
+            elif init_mode == "k-means++":
+                centres = kmeans_plusplus(X, w, k, rng)
+            else:  # random_from_data
+                centres = X[rng.choice(X.shape[0], size=k, replace=False)]
+            for t in types:
+                out.append((k, t, i, kernels.HardTask(np.array(centres), t)))
+    return out
 
 
-def _fail(candidate: Candidate, error: Exception, n_init: int, when: str) -> None:
+def _fail(candidate: Candidate, error: Exception, quiet: bool, when: str) -> None:
     candidate.error = error
-    if n_init > 1:
-        log.warning("candidate %d dropped %s: %s", candidate.index, when, error)
+    if not quiet:
+        log.warning("candidate %s dropped %s: %s", candidate.label, when, error)
+
+
+def _m_step(candidate: Candidate, stats: SufficientStatistics, reg_covar: float) -> bool:
+    """Run the M-step into ``candidate``; False (and the error recorded) if it failed."""
+    start = time.perf_counter()
+    try:
+        candidate.params = m_step(stats, reg_covar)
+        return True
+    except GaussianMixtureError as exc:
+        candidate.error = exc
+        return False
+    finally:
+        candidate.seconds += time.perf_counter() - start
+
+
+def _pass(
+    data: DataSource, candidates: Sequence[Candidate], tasks: Sequence[kernels.Task], what: str
+) -> list[SufficientStatistics]:
+    """One data pass for ``tasks`` (one per candidate); charges each its executor time."""
+    flat = data.statistics(tasks, what)
+    for cand, sec in zip(candidates, kernels.task_seconds(flat, tasks)):
+        cand.seconds += float(sec)
+    return kernels.split_statistics(flat, tasks)
+
+
+def _initialise(
+    data: DataSource,
+    grid: Sequence[tuple[int, str]],
+    *,
+    reg_covar: float,
+    init_mode: str,
+    n_init: int,
+    seed: int,
+    init_sample_size: int,
+) -> list[Candidate]:
+    start = time.perf_counter()
+    specs = _initial_tasks(data, grid, init_mode, n_init, seed, init_sample_size)
+    candidates = [Candidate(i, k, t, s) for i, (k, t, s, _) in enumerate(specs)]
+    tasks = [task for *_, task in specs]
+    quiet = len(candidates) == 1
+    what = f"initial M-step ({init_mode}, {len(candidates)} candidate(s))"
+    for cand, stats in zip(candidates, _pass(data, candidates, tasks, what)):
+        if not _m_step(cand, stats, reg_covar):
+            assert cand.error is not None
+            _fail(cand, cand.error, quiet, "at initialisation")
+    log.info("initialised %d candidate(s) in %.2f s", len(tasks), time.perf_counter() - start)
+    return candidates
+
+
+def _iterate(
+    data: DataSource,
+    candidates: list[Candidate],
+    *,
+    max_iter: int,
+    tol: float,
+    reg_covar: float,
+) -> list[float]:
+    """Advance every live candidate by EM until it converges, fails or hits ``max_iter``,
+    all in shared passes; then score the final parameters. Returns the pass times."""
+    n_cand = len(candidates)
+    quiet = n_cand == 1
+    seconds: list[float] = []
+    for iteration in range(1, max_iter + 1):
+        live = [c for c in candidates if c.running]
+        if not live:
+            break
+        t0 = time.perf_counter()
+        tasks = [kernels.EMTask(c.params) for c in live]  # type: ignore[arg-type]
+        stats_list = _pass(data, live, tasks, f"EM iteration {iteration}/{max_iter}")
+        for cand, stats in zip(live, stats_list):
+            if not stats.total_weight > 0:
+                raise InvalidInputError(_ZERO_WEIGHT)
+            cand.history.append(stats.log_likelihood / stats.total_weight)
+            if not _m_step(cand, stats, reg_covar):
+                assert cand.error is not None
+                _fail(cand, cand.error, quiet, f"at iteration {iteration}")
+                continue
+            cand.n_iter = iteration
+            if len(cand.history) > 1 and abs(cand.history[-1] - cand.history[-2]) < tol:
+                cand.converged = True
+        seconds.append(time.perf_counter() - t0)
+        best = max(live, key=lambda c: c.history[-1])
+        change = best.history[-1] - best.history[-2] if len(best.history) > 1 else float("nan")
+        log.info(
+            "EM iteration %d/%d: mean log-likelihood %.10g, change %.3g, %.2f s%s",
+            iteration,
+            max_iter,
+            best.history[-1],
+            change,
+            seconds[-1],
+            f" ({len(live)} of {n_cand} candidates in this pass)" if n_cand > 1 else "",
+        )
+    # A final pass scores the final parameters: their log-likelihood (sklearn's score,
+    # used by BIC/AIC) and the cluster sizes; the best start is chosen on it.
+    done = [c for c in candidates if c.error is None]
+    if done:
+        tasks = [kernels.EMTask(c.params) for c in done]  # type: ignore[arg-type]
+        what = f"score the final model{'s' if len(done) > 1 else ''}"
+        for cand, stats in zip(done, _pass(data, done, tasks, what)):
+            cand.final_log_likelihood = stats.log_likelihood
+            cand.final_counts = stats.counts
+            cand.final_total_weight = stats.total_weight
+            cand.history.append(stats.log_likelihood / stats.total_weight)
+    return seconds
+
+
+def _best_result(starts: Sequence[Candidate], iteration_seconds: list[float]) -> EMResult:
+    """The result of one (k, type): its start with the best final log-likelihood."""
+    done = [c for c in starts if c.error is None]
+    best = max(done, key=lambda c: c.final_log_likelihood)
+    assert best.params is not None and best.final_counts is not None
+    total_weight = best.final_total_weight
+    return EMResult(
+        params=best.params,
+        n_iter=best.n_iter,
+        converged=best.converged,
+        log_likelihood=best.final_log_likelihood,
+        total_weight=total_weight,
+        history=best.history,
+        iteration_seconds=iteration_seconds,
+        cluster_sizes=best.final_counts,
+        candidate_log_likelihoods=[
+            c.final_log_likelihood / total_weight if c.error is None else float("nan")
+            for c in starts
+        ],
+        best_index=best.init_index,
+        seconds=sum(c.seconds for c in starts),
+    )
 
 
 def fit_em(
@@ -231,71 +406,27 @@ def fit_em(
     """
     start = time.perf_counter()
     if initial_params is not None:
-        candidates = [Candidate(0, params=initial_params)]
+        candidates = [Candidate(0, k, covariance_type, params=initial_params)]
     else:
-        tasks = _initial_tasks(data, k, covariance_type, init_mode, n_init, seed, init_sample_size)
-        flat = data.statistics(tasks, f"initial M-step ({init_mode}, {n_init} candidate(s))")
-        candidates = [Candidate(i) for i in range(len(tasks))]
-        for cand, stats in zip(candidates, kernels.split_statistics(flat, tasks)):
-            try:
-                cand.params = m_step(stats, reg_covar)
-            except GaussianMixtureError as exc:
-                _fail(cand, exc, n_init, "at initialisation")
-        log.info("initialised %d candidate(s) in %.2f s", len(tasks), time.perf_counter() - start)
-    n_cand = len(candidates)
-    seconds: list[float] = []
-    for iteration in range(1, max_iter + 1):
-        live = [c for c in candidates if c.running]
-        if not live:
-            break
-        t0 = time.perf_counter()
-        tasks = [kernels.EMTask(c.params) for c in live]  # type: ignore[arg-type]
-        flat = data.statistics(tasks, f"EM iteration {iteration}/{max_iter}")
-        for cand, stats in zip(live, kernels.split_statistics(flat, tasks)):
-            if not stats.total_weight > 0:
-                raise InvalidInputError(_ZERO_WEIGHT)
-            mean_ll = stats.log_likelihood / stats.total_weight
-            cand.history.append(mean_ll)
-            try:
-                cand.params = m_step(stats, reg_covar)
-            except GaussianMixtureError as exc:
-                _fail(cand, exc, n_init, f"at iteration {iteration}")
-                continue
-            cand.n_iter = iteration
-            if len(cand.history) > 1 and abs(cand.history[-1] - cand.history[-2]) < tol:
-                cand.converged = True
-        seconds.append(time.perf_counter() - t0)
-        best = max(live, key=lambda c: c.history[-1])
-        change = best.history[-1] - best.history[-2] if len(best.history) > 1 else float("nan")
-        log.info(
-            "EM iteration %d/%d: mean log-likelihood %.10g, change %.3g, %.2f s%s",
-            iteration,
-            max_iter,
-            best.history[-1],
-            change,
-            seconds[-1],
-            f" ({len(live)} of {n_cand} candidates in this pass)" if n_cand > 1 else "",
+        candidates = _initialise(
+            data,
+            [(k, covariance_type)],
+            reg_covar=reg_covar,
+            init_mode=init_mode,
+            n_init=n_init,
+            seed=seed,
+            init_sample_size=init_sample_size,
         )
-    done = [c for c in candidates if c.error is None]
-    if not done:
+    seconds = _iterate(data, candidates, max_iter=max_iter, tol=tol, reg_covar=reg_covar)
+    if all(c.error is not None for c in candidates):
         first = candidates[0].error
         assert first is not None
         raise first
-    # A final pass scores the final parameters: their log-likelihood (sklearn's score,
-    # used by BIC/AIC) and the cluster sizes; the best candidate is chosen on it.
-    tasks = [kernels.EMTask(c.params) for c in done]  # type: ignore[arg-type]
-    flat = data.statistics(tasks, "score the final model(s)")
-    total_weight = 0.0
-    for cand, stats in zip(done, kernels.split_statistics(flat, tasks)):
-        total_weight = stats.total_weight
-        cand.final_log_likelihood = stats.log_likelihood
-        cand.final_counts = stats.counts
-        cand.history.append(stats.log_likelihood / stats.total_weight)
-    best = max(done, key=lambda c: c.final_log_likelihood)
-    if not best.converged:
+    result = _best_result(candidates, seconds)
+    if not result.converged:
         msg = (
             f"EM did not converge in maxIter={max_iter} iterations (last change of the mean "
-            f"log-likelihood {best.history[-1] - best.history[-2]:.3g} > tol={tol}). "
+            f"log-likelihood {result.history[-1] - result.history[-2]:.3g} > tol={tol}). "
             "Increase maxIter or tol, or check the data scaling."
         )
         log.warning("%s", msg)
@@ -303,23 +434,68 @@ def fit_em(
     log.info(
         "done in %.2f s: %d iterations, converged=%s, mean log-likelihood %.10g",
         time.perf_counter() - start,
-        best.n_iter,
-        best.converged,
-        best.history[-1],
+        result.n_iter,
+        result.converged,
+        result.history[-1],
     )
-    assert best.params is not None and best.final_counts is not None
-    return EMResult(
-        params=best.params,
-        n_iter=best.n_iter,
-        converged=best.converged,
-        log_likelihood=best.final_log_likelihood,
-        total_weight=total_weight,
-        history=best.history,
-        iteration_seconds=seconds,
-        cluster_sizes=best.final_counts,
-        candidate_log_likelihoods=[
-            c.final_log_likelihood / total_weight if c.error is None else float("nan")
-            for c in candidates
-        ],
-        best_index=best.index,
+    return result
+
+
+def fit_grid(
+    data: DataSource,
+    grid: Sequence[tuple[int, str]],
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    init_mode: str = "kmeans",
+    n_init: int = 1,
+    seed: int = 0,
+    init_sample_size: int = 100_000,
+) -> list[GridCell]:
+    """Fit every (k, covariance type) of ``grid`` by EM, all sharing each data pass.
+
+    Each cell is the fit that :func:`fit_em` would make with the same arguments, start
+    for start: same sample, same starting centres (computed once per k), same
+    statistics. A candidate that converges or fails leaves the passes; a cell fails
+    (``error`` set) only if all its ``n_init`` starts fail.
+
+    Parameters
+    ----------
+    data : DataSource
+    grid : sequence of (k, covariance_type)
+        Distinct pairs.
+    max_iter, tol, reg_covar, init_mode, n_init, seed, init_sample_size :
+        As in :func:`fit_em`, applied to every cell.
+
+    Returns
+    -------
+    cells : list of GridCell
+        In the order of ``grid``.
+    """
+    start = time.perf_counter()
+    candidates = _initialise(
+        data,
+        grid,
+        reg_covar=reg_covar,
+        init_mode=init_mode,
+        n_init=n_init,
+        seed=seed,
+        init_sample_size=init_sample_size,
     )
+    seconds = _iterate(data, candidates, max_iter=max_iter, tol=tol, reg_covar=reg_covar)
+    cells = []
+    for k, covariance_type in grid:
+        starts = [c for c in candidates if (c.k, c.covariance_type) == (k, covariance_type)]
+        if all(c.error is not None for c in starts):
+            cells.append(GridCell(k, covariance_type, None, starts[0].error))
+        else:
+            cells.append(GridCell(k, covariance_type, _best_result(starts, seconds), None))
+    log.info(
+        "grid of %d fits (%d candidates) done in %.2f s, %d data passes",
+        len(grid),
+        len(candidates),
+        time.perf_counter() - start,
+        len(seconds) + 2,
+    )
+    return cells

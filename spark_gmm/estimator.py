@@ -36,9 +36,9 @@ from pyspark.ml.param.shared import (
 from pyspark.ml.util import MLReadable, MLWritable
 
 from spark_gmm import gaussian
-from spark_gmm.data import batch_to_rows, resolve_features
-from spark_gmm.em import INIT_MODES, fit_em
-from spark_gmm.engine import prepare
+from spark_gmm.data import FeatureSpec, batch_to_rows, resolve_features
+from spark_gmm.em import INIT_MODES, EMResult, fit_em
+from spark_gmm.engine import PreparedData, prepare
 from spark_gmm.errors import InvalidInputError
 from spark_gmm.gaussian import COVARIANCE_TYPES, MixtureParameters
 from spark_gmm.session import ensure_local_python_workers
@@ -56,7 +56,7 @@ _DEFAULT_SEED = zlib.crc32(b"spark_gmm.GaussianMixture")
 HANDLE_INVALID = ("error", "skip", "keep")
 
 
-class _GaussianMixtureParams(
+class _MixtureFitParams(
     HasMaxIter,
     HasFeaturesCol,
     HasInputCols,
@@ -68,22 +68,9 @@ class _GaussianMixtureParams(
     HasWeightCol,
     HasHandleInvalid,
 ):
-    """Params shared by :class:`GaussianMixture` and :class:`GaussianMixtureModel`."""
+    """Params of every fit, whatever chooses k: shared by :class:`GaussianMixture`,
+    :class:`GaussianMixtureModel` and the model selector."""
 
-    k: Param[int] = Param(
-        Params._dummy(),
-        "k",
-        "Number of Gaussian components in the mixture. Must be >= 1.",
-        typeConverter=TypeConverters.toInt,
-    )
-    covarianceType: Param[str] = Param(
-        Params._dummy(),
-        "covarianceType",
-        "Covariance structure: 'full' (each component its own matrix), 'tied' (one "
-        "matrix shared by all), 'diag' (diagonal per component), 'spherical' (one "
-        "variance per component).",
-        typeConverter=TypeConverters.toString,
-    )
     regCovar: Param[float] = Param(
         Params._dummy(),
         "regCovar",
@@ -106,11 +93,6 @@ class _GaussianMixtureParams(
         "the best final log-likelihood is kept. Must be >= 1.",
         typeConverter=TypeConverters.toInt,
     )
-    initialModel: Param[Any] = Param(
-        Params._dummy(),
-        "initialModel",
-        "A GaussianMixtureModel to start EM from (warm start); overrides initMode/nInit.",
-    )
     logLikelihoodCol: Param[str] = Param(
         Params._dummy(),
         "logLikelihoodCol",
@@ -128,24 +110,16 @@ class _GaussianMixtureParams(
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._setDefault(
-            k=2,
             maxIter=100,
             tol=1e-3,
             seed=_DEFAULT_SEED,
             aggregationDepth=2,
-            covarianceType="full",
             regCovar=1e-6,
             initMode="kmeans",
             nInit=4,
             handleInvalid="error",
             initSampleSize=100_000,
         )
-
-    def getK(self) -> int:
-        return self.getOrDefault(self.k)
-
-    def getCovarianceType(self) -> str:
-        return self.getOrDefault(self.covarianceType)
 
     def getRegCovar(self) -> float:
         return self.getOrDefault(self.regCovar)
@@ -155,9 +129,6 @@ class _GaussianMixtureParams(
 
     def getNInit(self) -> int:
         return self.getOrDefault(self.nInit)
-
-    def getInitialModel(self) -> GaussianMixtureModel | None:
-        return self.getOrDefault(self.initialModel) if self.isDefined(self.initialModel) else None
 
     def getLogLikelihoodCol(self) -> str | None:
         return (
@@ -175,15 +146,13 @@ class _GaussianMixtureParams(
             self.getOrDefault(param) if self.isDefined(param) and self.getOrDefault(param) else None
         )
 
-    def _validate_params(self) -> None:
-        """Check every param against its constraint, before any Spark job runs."""
+    def _validate_common(self, k_max: int) -> None:
+        """Check every common param against its constraint, before any Spark job runs."""
 
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise InvalidInputError(message)
 
-        k = self.getK()
-        need(k >= 1, f"k must be >= 1; got {k}.")
         need(self.getMaxIter() >= 1, f"maxIter must be >= 1; got {self.getMaxIter()}.")
         need(self.getTol() >= 0, f"tol must be >= 0; got {self.getTol()}.")
         need(
@@ -196,11 +165,6 @@ class _GaussianMixtureParams(
             f"aggregationDepth must be >= 1; got {self.getAggregationDepth()}.",
         )
         need(
-            self.getCovarianceType() in COVARIANCE_TYPES,
-            f"covarianceType must be one of {', '.join(COVARIANCE_TYPES)}; "
-            f"got {self.getCovarianceType()!r}.",
-        )
-        need(
             self.getInitMode() in INIT_MODES,
             f"initMode must be one of {', '.join(INIT_MODES)}; got {self.getInitMode()!r}.",
         )
@@ -210,8 +174,8 @@ class _GaussianMixtureParams(
             f"got {self.getHandleInvalid()!r}.",
         )
         need(
-            self.getInitSampleSize() >= k,
-            f"initSampleSize must be >= k={k}; got {self.getInitSampleSize()}.",
+            self.getInitSampleSize() >= k_max,
+            f"initSampleSize must be >= k={k_max}; got {self.getInitSampleSize()}.",
         )
 
     def _features(
@@ -224,6 +188,55 @@ class _GaussianMixtureParams(
             self._opt(self.weightCol) if with_weight else None,
             n_features=n_features,
         )
+
+
+class _GaussianMixtureParams(_MixtureFitParams):
+    """Params of :class:`GaussianMixture` and :class:`GaussianMixtureModel`."""
+
+    k: Param[int] = Param(
+        Params._dummy(),
+        "k",
+        "Number of Gaussian components in the mixture. Must be >= 1.",
+        typeConverter=TypeConverters.toInt,
+    )
+    covarianceType: Param[str] = Param(
+        Params._dummy(),
+        "covarianceType",
+        "Covariance structure: 'full' (each component its own matrix), 'tied' (one "
+        "matrix shared by all), 'diag' (diagonal per component), 'spherical' (one "
+        "variance per component).",
+        typeConverter=TypeConverters.toString,
+    )
+    initialModel: Param[Any] = Param(
+        Params._dummy(),
+        "initialModel",
+        "A GaussianMixtureModel to start EM from (warm start); overrides initMode/nInit.",
+    )
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(k=2, covarianceType="full")
+
+    def getK(self) -> int:
+        return self.getOrDefault(self.k)
+
+    def getCovarianceType(self) -> str:
+        return self.getOrDefault(self.covarianceType)
+
+    def getInitialModel(self) -> GaussianMixtureModel | None:
+        return self.getOrDefault(self.initialModel) if self.isDefined(self.initialModel) else None
+
+    def _validate_params(self) -> None:
+        """Check every param against its constraint, before any Spark job runs."""
+        k = self.getK()
+        if k < 1:
+            raise InvalidInputError(f"k must be >= 1; got {k}.")
+        if self.getCovarianceType() not in COVARIANCE_TYPES:
+            raise InvalidInputError(
+                f"covarianceType must be one of {', '.join(COVARIANCE_TYPES)}; "
+                f"got {self.getCovarianceType()!r}."
+            )
+        self._validate_common(k)
 
 
 @dataclass
@@ -465,12 +478,20 @@ class GaussianMixture(
             )
         finally:
             data.release()
-        n_params = gaussian.n_parameters(covariance_type, k, spec.n_features)
-        n_eff = result.total_weight
-        model = GaussianMixtureModel(result.params)
+        return self._model_from_result(result, spec, data, dataset)
+
+    def _model_from_result(
+        self, result: EMResult, spec: FeatureSpec, data: PreparedData, dataset: Any
+    ) -> GaussianMixtureModel:
+        """The fitted model, its training summary and this estimator's params."""
+        params = result.params
+        n_params = gaussian.n_parameters(
+            params.covariance_type, params.n_components, params.n_features
+        )
+        model = GaussianMixtureModel(params)
         model._feature_names = list(spec.names)
         summary = GaussianMixtureSummary(
-            k=k,
+            k=params.n_components,
             logLikelihood=result.log_likelihood,
             meanLogLikelihood=result.log_likelihood / result.total_weight,
             numIter=result.n_iter,
@@ -482,7 +503,7 @@ class GaussianMixture(
             numSkippedRows=data.n_skipped,
             totalWeight=result.total_weight,
             candidateLogLikelihoods=list(result.candidate_log_likelihoods),
-            bic=-2.0 * result.log_likelihood + n_params * math.log(n_eff),
+            bic=-2.0 * result.log_likelihood + n_params * math.log(result.total_weight),
             aic=-2.0 * result.log_likelihood + 2.0 * n_params,
             _model=model,
             _dataset=dataset,

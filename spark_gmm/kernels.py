@@ -16,6 +16,7 @@ A *task* describes one candidate model's work in a data pass:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -107,12 +108,22 @@ def tasks_statistics(blocks: Iterable[tuple[Array, Array | None]], tasks: Sequen
     """Statistics of every task over a sequence of blocks, as one flat float64 vector.
 
     The data are read once; every block is used by all tasks before the next is taken.
+    The vector ends with one entry per task: the seconds spent computing that task's
+    statistics (summed over blocks, and over executors by the reduce), which is how a
+    pass shared by many candidates charges each its own cost.
     """
-    total = np.zeros(sum(t.flat_size for t in tasks))
+    sizes = [t.flat_size for t in tasks]
+    total = np.zeros(sum(sizes) + len(tasks))
+    seconds = total[sum(sizes) :]
     for X, w in blocks:
         if X.shape[0] == 0:
             continue
-        total += np.concatenate([t.statistics(X, w).to_flat() for t in tasks])
+        pos = 0
+        for i, (task, size) in enumerate(zip(tasks, sizes)):
+            start = time.perf_counter()
+            total[pos : pos + size] += task.statistics(X, w).to_flat()
+            seconds[i] += time.perf_counter() - start
+            pos += size
     return total
 
 
@@ -123,6 +134,16 @@ def split_statistics(flat: Array, tasks: Sequence[Task]) -> list[SufficientStati
         out.append(t.unflatten(flat[pos : pos + t.flat_size]))
         pos += t.flat_size
     return out
+
+
+def task_seconds(flat: Array, tasks: Sequence[Task]) -> Array:
+    """Compute seconds of each task, from the tail of a :func:`tasks_statistics` vector.
+
+    Returns
+    -------
+    seconds : ndarray of shape (len(tasks),)
+    """
+    return np.array(flat[len(flat) - len(tasks) :])
 
 
 # ---------------------------------------------------------------------------
