@@ -1,9 +1,10 @@
-"""The ``spark-gmm`` command: ``fit`` and ``score`` jobs for data-lake tables.
+"""The ``spark-gmm`` command: ``fit``, ``select`` and ``score`` jobs for data-lake tables.
 
-``jobs/fit_gmm.py`` and ``jobs/score_gmm.py`` (for ``spark-submit``) and the ``spark-gmm``
-console script all land in :func:`main`. Each job reads its settings from a TOML file
-(``--config``) and command-line flags, flags winning; an unknown key or a value of the
-wrong type is an error that names it. The work itself is in :mod:`spark_gmm.jobs`.
+``jobs/fit_gmm.py``, ``jobs/select_gmm.py`` and ``jobs/score_gmm.py`` (for
+``spark-submit``) and the ``spark-gmm`` console script all land in :func:`main`. Each
+job reads its settings from a TOML file (``--config``) and command-line flags, flags
+winning; an unknown key or a value of the wrong type is an error that names it. The
+work itself is in :mod:`spark_gmm.jobs`.
 
 Exit codes: 0 success; 2 bad configuration, input or data (one line on stderr, no stack
 trace); 1 anything else.
@@ -23,9 +24,21 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["ConfigError", "FitConfig", "ScoreConfig", "load_config", "main"]
+__all__ = [
+    "ConfigError",
+    "FitConfig",
+    "ScoreConfig",
+    "SelectConfig",
+    "load_config",
+    "main",
+    "parse_k_values",
+]
 
 log = logging.getLogger("spark_gmm")
+
+
+# As spark_gmm.gaussian.COVARIANCE_TYPES (not imported: config checks run before numpy/Spark).
+_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
 class ConfigError(ValueError):
@@ -70,6 +83,32 @@ class FitConfig(InputConfig):
 
 
 @dataclass
+class SelectConfig(InputConfig):
+    """Settings of ``spark-gmm select``: a grid of k and covariance types, best by BIC/AIC.
+
+    ``k`` is a range ``"1..10"``, a list ``"2,4,8"`` / ``[2, 4, 8]`` or one number.
+    """
+
+    weight_col: str = ""
+    standardize: bool = False
+    k: Any = "1..10"
+    covariance_types: list[str] = field(
+        default_factory=lambda: ["full", "tied", "diag", "spherical"]
+    )
+    criterion: str = "bic"
+    max_iter: int | None = None
+    tol: float | None = None
+    reg_covar: float | None = None
+    init: str | None = None
+    n_init: int | None = None
+    seed: int | None = None
+    handle_invalid: str | None = None
+    output: str = ""
+    overwrite: bool = False
+    report: str = ""
+
+
+@dataclass
 class ScoreConfig(InputConfig):
     """Settings of ``spark-gmm score``."""
 
@@ -84,7 +123,7 @@ class ScoreConfig(InputConfig):
     handle_invalid: str = "error"
 
 
-_LIST_KEYS = {"features", "id_cols", "partition_by"}
+_LIST_KEYS = {"features", "id_cols", "partition_by", "covariance_types"}
 _TYPES: dict[str, type] = {
     "k": int,
     "max_iter": int,
@@ -96,11 +135,59 @@ _TYPES: dict[str, type] = {
     "covariance_type": str,
     "init": str,
     "handle_invalid": str,
+    "criterion": str,
 }
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
+def parse_k_values(value: Any) -> list[int]:
+    """``"1..10"``, ``"2,4,8"``, ``[2, 4, 8]`` or ``3`` -> sorted distinct k values.
+
+    Raises
+    ------
+    ConfigError
+        Not a range or list of integers >= 1, or an empty range (kMin > kMax).
+    """
+    hint = "write k as a range like 1..10, a list like 2,4,8, or one number"
+    if isinstance(value, int) and not isinstance(value, bool):
+        values = [value]
+    elif isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        values = list(value)
+    elif isinstance(value, str) and ".." in value:
+        lo, _, hi = value.partition("..")
+        try:
+            k_min, k_max = int(lo), int(hi)
+        except ValueError:
+            raise ConfigError(f"config key 'k': {value!r} is not a range; {hint}.") from None
+        if k_min > k_max:
+            raise ConfigError(
+                f"config key 'k': the range {value} is empty (kMin {k_min} > kMax {k_max}); "
+                f"write it as {k_max}..{k_min}."
+            )
+        values = list(range(k_min, k_max + 1))
+    elif isinstance(value, str):
+        try:
+            values = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"config key 'k': {value!r} is not a list of numbers; {hint}."
+            ) from None
+    else:
+        raise ConfigError(
+            f"config key 'k' must be a range or list of numbers; got {value!r}; {hint}."
+        )
+    if not values:
+        raise ConfigError(f"config key 'k' is empty; {hint}.")
+    if min(values) < 1:
+        raise ConfigError(f"config key 'k': every k must be >= 1; got {min(values)}.")
+    return sorted(set(values))
+
+
+def _coerce(name: str, value: Any, default: Any, cls: type) -> Any:
     """Check/convert one config value to the field's type; raise naming the key."""
+    if name == "k" and cls is SelectConfig:
+        return parse_k_values(value)
     if name in _LIST_KEYS:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -146,12 +233,25 @@ def load_config(cls: type, path: str | None, overrides: dict[str, Any]) -> Any:
                 f"unknown config key '{key}' for {cls.__name__}; known keys: "
                 f"{', '.join(sorted(known))}."
             )
-    config = cls(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()})
+    config = cls(**{k: _coerce(k, v, getattr(defaults, k), cls) for k, v in values.items()})
     if bool(config.input) == bool(config.table):
         raise ConfigError("give exactly one of 'input' (a path) or 'table' (a catalog table).")
     if config.features and config.features_col:
         raise ConfigError("give only one of 'features' and 'features_col'.")
-    if isinstance(config, FitConfig) and not (config.features or config.features_col):
+    if isinstance(config, SelectConfig):
+        config.k = parse_k_values(config.k)
+        unknown = [t for t in config.covariance_types if t not in _COVARIANCE_TYPES]
+        if unknown or not config.covariance_types:
+            raise ConfigError(
+                "config key 'covariance_types': unknown "
+                f"{', '.join(map(repr, unknown)) or '(empty list)'}; use any of "
+                f"{', '.join(_COVARIANCE_TYPES)}."
+            )
+        if config.criterion not in ("bic", "aic"):
+            raise ConfigError(f"'criterion' must be bic or aic; got {config.criterion!r}.")
+    if isinstance(config, (FitConfig, SelectConfig)) and not (
+        config.features or config.features_col
+    ):
         raise ConfigError(
             "give 'features' (numeric columns) or 'features_col' (a vector column) to fit."
         )
@@ -214,6 +314,36 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_const", const=True, help="replace an existing model directory"
     )
     fit.add_argument("--report", help="directory for report.json and plots")
+    select = sub.add_parser(
+        "select", help="fit a grid of k and covariance types, save the best by BIC/AIC"
+    )
+    _input_flags(select)
+    select.add_argument("--weight-col", dest="weight_col")
+    select.add_argument(
+        "--standardize",
+        action="store_const",
+        const=True,
+        help="scale features (StandardScaler), saved with the model",
+    )
+    select.add_argument("--k", help="k values: a range 1..10 or a list 2,4,8 (default 1..10)")
+    select.add_argument(
+        "--covariance-types",
+        dest="covariance_types",
+        help="comma-separated, any of full,tied,diag,spherical (default: all four)",
+    )
+    select.add_argument("--criterion", help="bic (default) or aic; the lowest wins")
+    select.add_argument("--max-iter", dest="max_iter", type=int)
+    select.add_argument("--tol", type=float)
+    select.add_argument("--reg-covar", dest="reg_covar", type=float)
+    select.add_argument("--init")
+    select.add_argument("--n-init", dest="n_init", type=int)
+    select.add_argument("--seed", type=int)
+    select.add_argument("--handle-invalid", dest="handle_invalid")
+    select.add_argument("--output", help="directory for the best model")
+    select.add_argument(
+        "--overwrite", action="store_const", const=True, help="replace an existing model directory"
+    )
+    select.add_argument("--report", help="directory for report.json, selection.csv and plots")
     score = sub.add_parser("score", help="apply a saved model to a table")
     _input_flags(score)
     score.add_argument("--model", help="model directory written by 'fit'")
@@ -252,13 +382,14 @@ def _log_to_stderr() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``spark-gmm fit|score``; returns the process exit code."""
+    """Run ``spark-gmm fit|select|score``; returns the process exit code."""
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
     config_path = args.pop("config")
     _log_to_stderr()
     try:
-        config = load_config(FitConfig if command == "fit" else ScoreConfig, config_path, args)
+        config_cls = {"fit": FitConfig, "select": SelectConfig, "score": ScoreConfig}[command]
+        config = load_config(config_cls, config_path, args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -271,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "fit":
             jobs.run_fit(spark, config)
+        elif command == "select":
+            jobs.run_select(spark, config)
         else:
             jobs.run_score(spark, config)
         return 0
@@ -288,6 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def fit_main() -> int:
     """Entry of ``jobs/fit_gmm.py``."""
     return main(["fit", *sys.argv[1:]])
+
+
+def select_main() -> int:
+    """Entry of ``jobs/select_gmm.py``."""
+    return main(["select", *sys.argv[1:]])
 
 
 def score_main() -> int:

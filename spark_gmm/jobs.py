@@ -1,4 +1,4 @@
-"""The fit and score jobs: read → fit or transform → write, for ``spark-gmm``/``jobs/``.
+"""The fit, select and score jobs: read → fit or transform → write, for ``spark-gmm``/``jobs/``.
 
 Transforms take and return DataFrames; the only side effects are the writes at the end
 (model directory, scored output, report), each complete or absent.
@@ -15,7 +15,7 @@ import numpy as np
 
 from spark_gmm.errors import GaussianMixtureError
 
-__all__ = ["JobError", "is_user_error", "run_fit", "run_score"]
+__all__ = ["JobError", "is_user_error", "run_fit", "run_score", "run_select"]
 
 log = logging.getLogger("spark_gmm")
 
@@ -90,9 +90,6 @@ def _check_not_input(config: Any, output_path: str = "", output_table: str = "")
 
 def build_fit_pipeline(config: Any) -> tuple[Any, Any]:
     """The estimator to fit (a Pipeline when --standardize) and its GaussianMixture stage."""
-    from pyspark.ml import Pipeline
-    from pyspark.ml.feature import StandardScaler, VectorAssembler
-
     from spark_gmm import GaussianMixture
 
     gm = GaussianMixture(logLikelihoodCol="log_likelihood")
@@ -108,14 +105,46 @@ def build_fit_pipeline(config: Any) -> tuple[Any, Any]:
         "handleInvalid": config.handle_invalid,
     }
     gm.setParams(**{k: v for k, v in settings.items() if v is not None})
+    return _with_feature_stages(config, gm), gm
+
+
+def build_select_pipeline(config: Any) -> tuple[Any, Any]:
+    """The estimator to fit (a Pipeline when --standardize) and its selector stage."""
+    from spark_gmm.selection import GaussianMixtureSelector
+
+    selector = GaussianMixtureSelector(
+        kValues=config.k,
+        covarianceTypes=config.covariance_types,
+        criterion=config.criterion,
+        logLikelihoodCol="log_likelihood",
+    )
+    settings = {
+        "maxIter": config.max_iter,
+        "tol": config.tol,
+        "regCovar": config.reg_covar,
+        "initMode": config.init,
+        "nInit": config.n_init,
+        "seed": config.seed,
+        "handleInvalid": config.handle_invalid,
+    }
+    selector.setParams(**{k: v for k, v in settings.items() if v is not None})
+    return _with_feature_stages(config, selector), selector
+
+
+def _with_feature_stages(config: Any, final: Any) -> Any:
+    """``final`` reading the configured features: itself, or a Pipeline that assembles
+    and standardises them first (--standardize)."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import StandardScaler, VectorAssembler
+
     if config.weight_col:
-        gm.setWeightCol(config.weight_col)
+        final.setWeightCol(config.weight_col)
     if not config.standardize:
         if config.features:
-            gm.setInputCols(config.features)
+            final.setInputCols(config.features)
         else:
-            gm.setFeaturesCol(config.features_col)
-        return gm, gm
+            final.setFeaturesCol(config.features_col)
+        return final
     stages: list[Any] = []
     source = config.features_col
     if config.features:
@@ -129,9 +158,9 @@ def build_fit_pipeline(config: Any) -> tuple[Any, Any]:
     stages.append(
         StandardScaler(inputCol=source, outputCol=_SCALED_COL, withMean=True, withStd=True)
     )
-    gm.setFeaturesCol(_SCALED_COL)
-    stages.append(gm)
-    return Pipeline(stages=stages), gm
+    final.setFeaturesCol(_SCALED_COL)
+    stages.append(final)
+    return Pipeline(stages=stages)
 
 
 def _plan(config: Any, df: Any, what: str) -> str:
@@ -186,6 +215,88 @@ def run_fit(spark: Any, config: Any) -> Any:
             print(f"        {extra}")
     log.info("fit job done in %.1f s", time.perf_counter() - started)
     return model
+
+
+def run_select(spark: Any, config: Any) -> Any:
+    """Fit the grid, save the best model (atomically), write the selection report.
+
+    Returns the fitted selection (a :class:`GaussianMixtureSelectionModel`, or a
+    PipelineModel ending with one under --standardize).
+    """
+    from pyspark.ml import PipelineModel
+
+    from spark_gmm.data import resolve_features
+    from spark_gmm.persistence import atomic_save
+
+    started = time.perf_counter()
+    if config.output:
+        _check_not_input(config, output_path=config.output)
+    df = read_input(spark, config)
+    estimator, selector = build_select_pipeline(config)
+    grid = selector._grid()
+    if config.dry_run:
+        resolve_features(
+            df,
+            config.features or None,
+            config.features_col or "features",
+            config.weight_col or None,
+        )
+        ks = ",".join(map(str, config.k))
+        print(
+            _plan(
+                config,
+                df,
+                f"select by {config.criterion.upper()} over k={ks} x "
+                f"{','.join(config.covariance_types)} ({len(grid)} candidates)",
+            )
+        )
+        print(f"  output:   {config.output or '(not saved)'}")
+        return None
+    fitted = estimator.fit(df)
+    selection = fitted.stages[-1] if estimator is not selector else fitted
+    best = selection.bestModel
+    # What is saved and scored: the best mixture, behind the same feature stages.
+    model = PipelineModel(fitted.stages[:-1] + [best]) if estimator is not selector else best
+    best.logLikelihoodQuantiles = _log_likelihood_quantiles(model, df)
+    seconds = time.perf_counter() - started
+    print(selection_text(selection, seconds))
+    if config.output:
+        atomic_save(
+            spark, config.output, lambda p: model.write().save(p), overwrite=config.overwrite
+        )
+        print(f"model:  {config.output}")
+    if config.report:
+        from spark_gmm.report import write_selection_report
+
+        paths = write_selection_report(config.report, spark, config, selection, seconds)
+        print(f"report: {paths[0]}")
+        for extra in paths[1:]:
+            print(f"        {extra}")
+    log.info("select job done in %.1f s", time.perf_counter() - started)
+    return fitted
+
+
+def selection_text(selection: Any, seconds: float) -> str:
+    """The selection table as text, the choice marked with '*'."""
+    crit = selection.criterion
+    lines = [
+        f"spark_gmm select: {len(selection.rows)} candidates, best by {crit.upper()}: "
+        f"k={selection.bestK} {selection.bestCovarianceType}, {seconds:.1f} s",
+        "",
+        f"  {'k':>3} {'covariance':<10} {'params':>7} {'mean loglik':>12} {'BIC':>12} "
+        f"{'AIC':>12} {'iter':>5} {'conv':>5} {'cpu s':>7}",
+    ]
+    for r in selection.rows:
+        mark = "*" if r.chosen else " "
+        if r.error is not None:
+            lines.append(f"{mark} {r.k:>3} {r.covarianceType:<10} failed: {r.error}")
+            continue
+        lines.append(
+            f"{mark} {r.k:>3} {r.covarianceType:<10} {r.numParameters:>7} "
+            f"{r.meanLogLikelihood:>12.5f} {r.bic:>12.1f} {r.aic:>12.1f} {r.numIter:>5} "
+            f"{r.converged!s:>5} {r.seconds:>7.2f}"
+        )
+    return "\n".join(lines)
 
 
 def _log_likelihood_quantiles(model: Any, df: Any) -> list[list[float]]:

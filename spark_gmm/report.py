@@ -1,4 +1,4 @@
-"""Fit reports: ``report.json`` and, when matplotlib is installed, PNG plots.
+"""Fit and selection reports: ``report.json`` and, when matplotlib is installed, PNG plots.
 
 Written on the driver's local file system. Spark settings are included with every value
 whose key looks like a credential (secret, password, token, key) redacted.
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["redact_conf", "write_fit_report"]
+__all__ = ["redact_conf", "write_fit_report", "write_selection_report"]
 
 log = logging.getLogger("spark_gmm")
 
@@ -200,3 +200,95 @@ def _plots(out: Path, model: Any, gmm: Any, df: Any) -> list[Path]:
     ax.set_title("Components (2-sigma ellipses) on a sample, PCA view")
     paths.append(_save(fig, out / "components_pca.png"))
     return paths
+
+
+# ---------------------------------------------------------------------------
+# Model selection
+# ---------------------------------------------------------------------------
+
+
+def write_selection_report(
+    directory: str, spark: Any, config: Any, selection: Any, seconds: float
+) -> list[str]:
+    """Write ``report.json``, ``selection.csv`` and ``selection.png``; return the paths."""
+    import csv
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(r) for r in selection.rows]
+    best = selection.bestModel
+    report = {
+        "config": asdict(config),
+        "criterion": selection.criterion,
+        "chosen": {"k": selection.bestK, "covariance_type": selection.bestCovarianceType},
+        "candidates": rows,
+        "best_model": {
+            "weights": best.weights,
+            "means": best.means.tolist(),
+            "num_iter": best.summary.numIter,
+            "converged": best.summary.converged,
+            "rows": best.summary.numRows,
+            "skipped_rows": best.summary.numSkippedRows,
+        },
+        "spark": {
+            "app_id": spark.sparkContext.applicationId,
+            "master": spark.sparkContext.master,
+            "version": spark.version,
+            "conf": redact_conf(spark.sparkContext.getConf().getAll()),
+        },
+        "versions": _versions(),
+        "wall_seconds": seconds,
+    }
+    paths = [out / "report.json", out / "selection.csv"]
+    paths[0].write_text(json.dumps(report, indent=2, default=str))
+    with paths[1].open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        log.warning(
+            "matplotlib is not installed: report.json and selection.csv written, plot "
+            "skipped (pip install 'spark_gmm[plot]')."
+        )
+        return [str(p) for p in paths]
+    paths.append(_selection_plot(out / "selection.png", selection))
+    return [str(p) for p in paths]
+
+
+def _selection_plot(path: Path, selection: Any) -> Path:
+    """BIC and AIC against k, one line per covariance type, the choice circled."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    types = list(dict.fromkeys(r.covarianceType for r in selection.rows))
+    for ax, crit in zip(axes, ("bic", "aic")):
+        for i, t in enumerate(types):
+            pts = [(r.k, getattr(r, crit)) for r in selection.rows if r.covarianceType == t]
+            pts = [(k, v) for k, v in pts if np.isfinite(v)]
+            if pts:
+                ks, vals = zip(*pts)
+                ax.plot(ks, vals, marker="o", ms=4, label=t, color=plt.cm.tab10(i))
+        chosen = next(r for r in selection.rows if r.chosen)
+        ax.plot(
+            [chosen.k],
+            [getattr(chosen, crit)],
+            marker="o",
+            ms=14,
+            mfc="none",
+            mec="black",
+            mew=2,
+            ls="none",
+            label=f"chosen (k={chosen.k}, {chosen.covarianceType})"
+            if crit == selection.criterion
+            else None,
+        )
+        ax.set_xlabel("k (components)")
+        ax.set_ylabel(crit.upper() + (" (lower is better)"))
+        used = " - the criterion used" if crit == selection.criterion else ""
+        ax.set_title(f"{crit.upper()} by k and covariance type{used}")
+        ax.legend(fontsize=8)
+    return _save(fig, path)

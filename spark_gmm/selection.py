@@ -207,6 +207,51 @@ class GaussianMixtureSelector(Estimator["GaussianMixtureSelectionModel"], _Selec
     def setCriterion(self, value: str) -> GaussianMixtureSelector:
         return self._set(criterion=value)
 
+    def setFeaturesCol(self, value: str) -> GaussianMixtureSelector:
+        return self._set(featuresCol=value)
+
+    def setInputCols(self, value: list[str]) -> GaussianMixtureSelector:
+        return self._set(inputCols=value)
+
+    def setWeightCol(self, value: str) -> GaussianMixtureSelector:
+        return self._set(weightCol=value)
+
+    def setPredictionCol(self, value: str) -> GaussianMixtureSelector:
+        return self._set(predictionCol=value)
+
+    def setProbabilityCol(self, value: str) -> GaussianMixtureSelector:
+        return self._set(probabilityCol=value)
+
+    def setMaxIter(self, value: int) -> GaussianMixtureSelector:
+        return self._set(maxIter=value)
+
+    def setTol(self, value: float) -> GaussianMixtureSelector:
+        return self._set(tol=value)
+
+    def setSeed(self, value: int) -> GaussianMixtureSelector:
+        return self._set(seed=value)
+
+    def setAggregationDepth(self, value: int) -> GaussianMixtureSelector:
+        return self._set(aggregationDepth=value)
+
+    def setRegCovar(self, value: float) -> GaussianMixtureSelector:
+        return self._set(regCovar=value)
+
+    def setInitMode(self, value: str) -> GaussianMixtureSelector:
+        return self._set(initMode=value)
+
+    def setNInit(self, value: int) -> GaussianMixtureSelector:
+        return self._set(nInit=value)
+
+    def setLogLikelihoodCol(self, value: str) -> GaussianMixtureSelector:
+        return self._set(logLikelihoodCol=value)
+
+    def setHandleInvalid(self, value: str) -> GaussianMixtureSelector:
+        return self._set(handleInvalid=value)
+
+    def setInitSampleSize(self, value: int) -> GaussianMixtureSelector:
+        return self._set(initSampleSize=value)
+
     def estimatorFor(self, k: int, covarianceType: str) -> GaussianMixture:
         """The :class:`GaussianMixture` whose fit is the grid's (k, covarianceType) cell."""
         shared = {

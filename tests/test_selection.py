@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import make_mixture, rel_err
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
@@ -16,8 +18,11 @@ from spark_gmm import (
     GaussianMixtureSelector,
     InvalidInputError,
 )
+from spark_gmm.cli import SelectConfig, load_config, main, parse_k_values
 from spark_gmm.em import ConvergenceWarning, InMemoryData, fit_em, fit_grid
 from spark_gmm.gaussian import COVARIANCE_TYPES
+from spark_gmm.jobs import run_select
+from spark_gmm.persistence import load_any_model
 
 
 def _shaped_mixture(n: int, seed: int) -> np.ndarray:
@@ -196,3 +201,70 @@ def test_bad_grids_are_refused_with_a_clear_error(shaped_df, params, message):
     settings = {"kValues": [1, 2], "inputCols": ["x", "y"], "initSampleSize": 5000} | params
     with pytest.raises(InvalidInputError, match=message):
         GaussianMixtureSelector(**settings).fit(df)
+
+
+# ---------------------------------------------------------------------------
+# The select job
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1..4", [1, 2, 3, 4]), ("2,8,4,4", [2, 4, 8]), ([3, 1], [1, 3]), (5, [5])],
+)
+def test_k_values_parse(value, expected):
+    assert parse_k_values(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--k", "10..1"], "the range 10..1 is empty (kMin 10 > kMax 1); write it as 1..10"),
+        (["--k", "a..b"], "'a..b' is not a range"),
+        (["--k", "0..3"], "every k must be >= 1; got 0"),
+        (["--covariance-types", "full,banded"], "unknown 'banded'; use any of full, tied"),
+        (["--criterion", "icl"], "'criterion' must be bic or aic; got 'icl'"),
+    ],
+)
+def test_select_job_refuses_bad_grids_before_spark_starts(flags, message, capsys):
+    argv = ["select", "--input", "in.parquet", "--features", "a,b", *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_select_job_saves_the_best_model_and_report(spark, shaped_df, tmp_path):
+    df, _ = shaped_df
+    source = str(tmp_path / "in")
+    df.write.parquet(source)
+    model_dir, report_dir = str(tmp_path / "model"), tmp_path / "report"
+    config = load_config(
+        SelectConfig,
+        None,
+        {
+            "input": source,
+            "features": "x,y",
+            "k": "2..4",
+            "covariance_types": "full,spherical",
+            "standardize": True,
+            "output": model_dir,
+            "report": str(report_dir),
+        },
+    )
+    fitted = run_select(spark, config)
+    selection = fitted.stages[-1]
+    assert (selection.bestK, selection.bestCovarianceType) == (3, "full")
+    # The saved model is the best mixture behind the same scaling stages; it scores.
+    model, gm = load_any_model(model_dir, spark)
+    assert gm.getK() == 3 and gm.getCovarianceType() == "full"
+    np.testing.assert_array_equal(gm.means, selection.bestModel.means)
+    assert gm.logLikelihoodQuantiles  # for score --anomaly-quantile
+    assert model.transform(df).select("prediction").distinct().count() == 3
+    table = pd.read_csv(report_dir / "selection.csv")
+    assert len(table) == 6 and table["chosen"].sum() == 1
+    assert set(zip(table["k"], table["covarianceType"])) == {
+        (k, t) for k in (2, 3, 4) for t in ("full", "spherical")
+    }
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["chosen"] == {"k": 3, "covariance_type": "full"}
+    assert (report_dir / "selection.png").stat().st_size > 10_000
