@@ -17,12 +17,13 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from spark_gmm import kernels
+from spark_gmm.checkpoint import Checkpointer
 from spark_gmm.errors import GaussianMixtureError, InvalidInputError
 from spark_gmm.gaussian import MixtureParameters, SufficientStatistics, m_step
 from spark_gmm.kmeans import kmeans, kmeans_plusplus
@@ -95,6 +96,11 @@ class InMemoryData:
         fraction = min(1.0, size / max(1, self.n_rows))
         X, w, u = kernels.sample_rows(self._blocks(), seed, fraction)
         return kernels.order_sample(X, w, u)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return kernels.combine_fingerprints(
+            [kernels.fingerprint_bytes([block]) for block in self._blocks()]
+        )
 
 
 @dataclass
@@ -292,13 +298,20 @@ def _iterate(
     max_iter: int,
     tol: float,
     reg_covar: float,
+    done_iterations: int = 0,
+    seconds: list[float] | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> list[float]:
     """Advance every live candidate by EM until it converges, fails or hits ``max_iter``,
-    all in shared passes; then score the final parameters. Returns the pass times."""
+    all in shared passes; then score the final parameters. Returns the pass times.
+
+    ``done_iterations`` and ``seconds`` continue a resumed fit; ``checkpoint`` saves the
+    state after every ``checkpoint.interval``-th iteration."""
     n_cand = len(candidates)
     quiet = n_cand == 1
-    seconds: list[float] = []
-    for iteration in range(1, max_iter + 1):
+    seconds = list(seconds or [])
+    last = done_iterations
+    for iteration in range(done_iterations + 1, max_iter + 1):
         live = [c for c in candidates if c.running]
         if not live:
             break
@@ -328,6 +341,13 @@ def _iterate(
             seconds[-1],
             f" ({len(live)} of {n_cand} candidates in this pass)" if n_cand > 1 else "",
         )
+        if checkpoint is not None:
+            checkpoint.maybe_save(iteration, candidates, seconds)
+        last = iteration
+    if checkpoint is not None and last % checkpoint.interval:
+        # The final state too, so that a job that dies before saving its model resumes
+        # straight to the final scoring pass.
+        checkpoint.save(last, candidates, seconds)
     # A final pass scores the final parameters: their log-likelihood (sklearn's score,
     # used by BIC/AIC) and the cluster sizes; the best start is chosen on it.
     done = [c for c in candidates if c.error is None]
@@ -340,6 +360,38 @@ def _iterate(
             cand.final_total_weight = stats.total_weight
             cand.history.append(stats.log_likelihood / stats.total_weight)
     return seconds
+
+
+def _start(
+    data: DataSource,
+    grid: Sequence[tuple[int, str]],
+    checkpoint: Checkpointer | None,
+    resume: bool,
+    initial_params: MixtureParameters | None = None,
+    **init: Any,
+) -> tuple[list[Candidate], int, list[float]]:
+    """Candidates to iterate, iterations already done and their pass times: from the
+    checkpoint when resuming, else freshly initialised (and checkpointed)."""
+    if checkpoint is not None and resume:
+        state = checkpoint.load()
+        if state is not None:
+            candidates = Checkpointer.restore_candidates(state, Candidate)
+            log.info(
+                "resuming from %s after EM iteration %d (%d candidate(s))",
+                checkpoint.path,
+                state["iteration"],
+                len(candidates),
+            )
+            return candidates, int(state["iteration"]), list(state["pass_seconds"])
+        log.info("no checkpoint in %s: starting from scratch", checkpoint.directory)
+    if initial_params is not None:
+        k, covariance_type = grid[0]
+        candidates = [Candidate(0, k, covariance_type, params=initial_params)]
+    else:
+        candidates = _initialise(data, grid, **init)
+    if checkpoint is not None:
+        checkpoint.save(0, candidates, [])
+    return candidates, 0, []
 
 
 def _best_result(starts: Sequence[Candidate], iteration_seconds: list[float]) -> EMResult:
@@ -379,6 +431,8 @@ def fit_em(
     seed: int = 0,
     initial_params: MixtureParameters | None = None,
     init_sample_size: int = 100_000,
+    checkpoint: Checkpointer | None = None,
+    resume: bool = False,
 ) -> EMResult:
     """Fit a Gaussian mixture by EM, all candidates sharing each data pass.
 
@@ -399,25 +453,39 @@ def fit_em(
         Start from these parameters (one candidate, no initialisation pass).
     init_sample_size : int
         Rows sampled (by content hash) for the driver-side initialisation.
+    checkpoint : Checkpointer, optional
+        Save the state of every candidate after the initialisation and every
+        ``checkpoint.interval`` iterations.
+    resume : bool
+        Continue from ``checkpoint``'s saved state when there is one.
 
     Returns
     -------
     result : EMResult
     """
     start = time.perf_counter()
-    if initial_params is not None:
-        candidates = [Candidate(0, k, covariance_type, params=initial_params)]
-    else:
-        candidates = _initialise(
-            data,
-            [(k, covariance_type)],
-            reg_covar=reg_covar,
-            init_mode=init_mode,
-            n_init=n_init,
-            seed=seed,
-            init_sample_size=init_sample_size,
-        )
-    seconds = _iterate(data, candidates, max_iter=max_iter, tol=tol, reg_covar=reg_covar)
+    candidates, done, seconds = _start(
+        data,
+        [(k, covariance_type)],
+        checkpoint,
+        resume,
+        initial_params,
+        reg_covar=reg_covar,
+        init_mode=init_mode,
+        n_init=n_init,
+        seed=seed,
+        init_sample_size=init_sample_size,
+    )
+    seconds = _iterate(
+        data,
+        candidates,
+        max_iter=max_iter,
+        tol=tol,
+        reg_covar=reg_covar,
+        done_iterations=done,
+        seconds=seconds,
+        checkpoint=checkpoint,
+    )
     if all(c.error is not None for c in candidates):
         first = candidates[0].error
         assert first is not None
@@ -452,6 +520,8 @@ def fit_grid(
     n_init: int = 1,
     seed: int = 0,
     init_sample_size: int = 100_000,
+    checkpoint: Checkpointer | None = None,
+    resume: bool = False,
 ) -> list[GridCell]:
     """Fit every (k, covariance type) of ``grid`` by EM, all sharing each data pass.
 
@@ -465,7 +535,7 @@ def fit_grid(
     data : DataSource
     grid : sequence of (k, covariance_type)
         Distinct pairs.
-    max_iter, tol, reg_covar, init_mode, n_init, seed, init_sample_size :
+    max_iter, tol, reg_covar, init_mode, n_init, seed, init_sample_size, checkpoint, resume :
         As in :func:`fit_em`, applied to every cell.
 
     Returns
@@ -474,16 +544,27 @@ def fit_grid(
         In the order of ``grid``.
     """
     start = time.perf_counter()
-    candidates = _initialise(
+    candidates, done, seconds = _start(
         data,
         grid,
+        checkpoint,
+        resume,
         reg_covar=reg_covar,
         init_mode=init_mode,
         n_init=n_init,
         seed=seed,
         init_sample_size=init_sample_size,
     )
-    seconds = _iterate(data, candidates, max_iter=max_iter, tol=tol, reg_covar=reg_covar)
+    seconds = _iterate(
+        data,
+        candidates,
+        max_iter=max_iter,
+        tol=tol,
+        reg_covar=reg_covar,
+        done_iterations=done,
+        seconds=seconds,
+        checkpoint=checkpoint,
+    )
     cells = []
     for k, covariance_type in grid:
         starts = [c for c in candidates if (c.k, c.covariance_type) == (k, covariance_type)]

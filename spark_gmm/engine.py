@@ -278,8 +278,18 @@ class PreparedData:
             us.append(rec[:, d + 1])
         return kernels.order_sample(np.concatenate(xs), np.concatenate(ws), np.concatenate(us))
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Rows and an order-independent hash of their content (one pass)."""
+        with job_description(self.spark, "fingerprint the input (checkpoints)"):
+            parts = self.cache.collect(_fingerprint_bytes, None)
+        return kernels.combine_fingerprints(parts)
+
     def release(self) -> None:
         self.cache.release()
+
+
+def _fingerprint_bytes(blocks: Blocks, payload: Any) -> bytes:
+    return kernels.fingerprint_bytes(blocks)
 
 
 def _tasks_statistics(blocks: Blocks, tasks: Sequence[kernels.Task]) -> Array:

@@ -23,6 +23,7 @@ from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (
     HasAggregationDepth,
+    HasCheckpointInterval,
     HasFeaturesCol,
     HasHandleInvalid,
     HasInputCols,
@@ -36,6 +37,7 @@ from pyspark.ml.param.shared import (
 from pyspark.ml.util import MLReadable, MLWritable
 
 from spark_gmm import gaussian
+from spark_gmm.checkpoint import Checkpointer, local_checkpoint_dir
 from spark_gmm.data import FeatureSpec, batch_to_rows, resolve_features
 from spark_gmm.em import INIT_MODES, EMResult, fit_em
 from spark_gmm.engine import PreparedData, prepare
@@ -67,6 +69,7 @@ class _MixtureFitParams(
     HasAggregationDepth,
     HasWeightCol,
     HasHandleInvalid,
+    HasCheckpointInterval,
 ):
     """Params of every fit, whatever chooses k: shared by :class:`GaussianMixture`,
     :class:`GaussianMixtureModel` and the model selector."""
@@ -107,6 +110,22 @@ class _MixtureFitParams(
         typeConverter=TypeConverters.toInt,
     )
 
+    checkpointDir: Param[str] = Param(
+        Params._dummy(),
+        "checkpointDir",
+        "Local or mounted directory where the EM state of every candidate is saved after "
+        "the initialisation and every checkpointInterval iterations (atomically); unset: "
+        "no checkpoints.",
+        typeConverter=TypeConverters.toString,
+    )
+    resumeFromCheckpoint: Param[bool] = Param(
+        Params._dummy(),
+        "resumeFromCheckpoint",
+        "Continue from the state saved in checkpointDir (refused if it was written for "
+        "other input or settings); start from scratch when there is none.",
+        typeConverter=TypeConverters.toBoolean,
+    )
+
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._setDefault(
@@ -119,7 +138,41 @@ class _MixtureFitParams(
             nInit=4,
             handleInvalid="error",
             initSampleSize=100_000,
+            checkpointInterval=10,
+            resumeFromCheckpoint=False,
         )
+
+    def getCheckpointDir(self) -> str | None:
+        return self._opt(self.checkpointDir)
+
+    def getResumeFromCheckpoint(self) -> bool:
+        return self.getOrDefault(self.resumeFromCheckpoint)
+
+    def _checkpointer(
+        self, data: PreparedData, spec: FeatureSpec, trajectory: dict[str, Any]
+    ) -> Checkpointer | None:
+        """The fit's checkpoint writer/reader, or None when checkpoints are off.
+
+        ``trajectory``: the settings besides the common ones that determine the EM path
+        (k and covariance type, or the grid). ``maxIter`` is left out on purpose: a fit
+        may be resumed with a larger cap.
+        """
+        directory = self.getCheckpointDir()
+        if directory is None or self.getCheckpointInterval() < 1:
+            return None
+        settings = {
+            "features": list(spec.names),
+            "weightCol": self._opt(self.weightCol),
+            "handleInvalid": self.getHandleInvalid(),
+            "tol": self.getTol(),
+            "regCovar": self.getRegCovar(),
+            "initMode": self.getInitMode(),
+            "nInit": self.getNInit(),
+            "seed": self.getSeed(),
+            "initSampleSize": self.getInitSampleSize(),
+            **trajectory,
+        }
+        return Checkpointer(directory, self.getCheckpointInterval(), settings, data.fingerprint())
 
     def getRegCovar(self) -> float:
         return self.getOrDefault(self.regCovar)
@@ -177,6 +230,8 @@ class _MixtureFitParams(
             self.getInitSampleSize() >= k_max,
             f"initSampleSize must be >= k={k_max}; got {self.getInitSampleSize()}.",
         )
+        if self.getCheckpointDir() is not None:
+            local_checkpoint_dir(self.getCheckpointDir() or "")
 
     def _features(
         self, dataset: Any, n_features: int | None = None, with_weight: bool = True
@@ -348,6 +403,9 @@ class GaussianMixture(
         logLikelihoodCol: str | None = None,
         handleInvalid: str = "error",
         initSampleSize: int = 100_000,
+        checkpointDir: str | None = None,
+        checkpointInterval: int = 10,
+        resumeFromCheckpoint: bool = False,
     ) -> None:
         super().__init__()
         kwargs = self._input_kwargs
@@ -414,6 +472,15 @@ class GaussianMixture(
     def setInitSampleSize(self, value: int) -> GaussianMixture:
         return self._set(initSampleSize=value)
 
+    def setCheckpointDir(self, value: str) -> GaussianMixture:
+        return self._set(checkpointDir=value)
+
+    def setCheckpointInterval(self, value: int) -> GaussianMixture:
+        return self._set(checkpointInterval=value)
+
+    def setResumeFromCheckpoint(self, value: bool) -> GaussianMixture:
+        return self._set(resumeFromCheckpoint=value)
+
     def write(self) -> Any:
         """An ``MLWriter``: ``gm.write().overwrite().save(path)``; params as JSON."""
         from spark_gmm.persistence import GaussianMixtureWriter
@@ -475,6 +542,16 @@ class GaussianMixture(
                 seed=self.getSeed(),
                 initial_params=initial_params,
                 init_sample_size=self.getInitSampleSize(),
+                checkpoint=self._checkpointer(
+                    data,
+                    spec,
+                    {
+                        "k": k,
+                        "covarianceType": covariance_type,
+                        "initialModel": None if initial_params is None else _digest(initial_params),
+                    },
+                ),
+                resume=self.getResumeFromCheckpoint(),
             )
         finally:
             data.release()
@@ -510,6 +587,16 @@ class GaussianMixture(
         )
         model._summary = summary
         return self._copyValues(model)
+
+
+def _digest(params: MixtureParameters) -> str:
+    """A short content hash of mixture parameters (checkpoint settings)."""
+    import hashlib
+
+    h = hashlib.sha256(params.covariance_type.encode())
+    for a in (params.weights, params.means, params.precisions_chol):
+        h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
 
 
 class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable[Any]):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -207,6 +208,35 @@ def sample_rows(
     if not xs:
         return np.empty((0, 0)), np.empty(0), np.empty(0)
     return np.concatenate(xs), np.concatenate(ws), np.concatenate(us)
+
+
+def fingerprint_bytes(blocks: Iterable[tuple[Array, Array | None]]) -> bytes:
+    """Order-independent fingerprint of some blocks: (sum of row hashes mod 2**64, rows).
+
+    Sums of per-partition results give the fingerprint of all the rows, whatever the
+    partitioning. Returned as 16 bytes (two uint64) for the collect.
+    """
+    total = np.uint64(0)
+    rows = 0
+    with np.errstate(over="ignore"):
+        for X, w in blocks:
+            if X.shape[0]:
+                total += np.sum(row_hash(X, w, 0), dtype=np.uint64)
+                rows += X.shape[0]
+    return np.array([total, rows], dtype=np.uint64).tobytes()
+
+
+def combine_fingerprints(parts: Iterable[bytes]) -> dict[str, Any]:
+    """The input fingerprint (JSON values) from :func:`fingerprint_bytes` of every part."""
+    total = np.uint64(0)
+    rows = 0
+    with np.errstate(over="ignore"):
+        for raw in parts:
+            if raw:
+                h, n = np.frombuffer(raw, dtype=np.uint64)
+                total += h
+                rows += int(n)
+    return {"rows": rows, "content_hash": f"{int(total):016x}"}
 
 
 def order_sample(X: Array, w: Array, u: Array) -> tuple[Array, Array]:

@@ -44,8 +44,16 @@ log = logging.getLogger("spark_gmm")
 
 CRITERIA = ("bic", "aic")
 
-# The selector's own params; all its others are passed to every candidate's fit.
-_GRID_PARAMS = ("kValues", "covarianceTypes", "criterion")
+# The selector's own params and those of the whole run; all its others are passed to
+# every candidate's fit.
+_GRID_PARAMS = (
+    "kValues",
+    "covarianceTypes",
+    "criterion",
+    "checkpointDir",
+    "checkpointInterval",
+    "resumeFromCheckpoint",
+)
 
 TABLE_SCHEMA = (
     "k int, covarianceType string, numParameters int, logLikelihood double, "
@@ -188,6 +196,9 @@ class GaussianMixtureSelector(Estimator["GaussianMixtureSelectionModel"], _Selec
         logLikelihoodCol: str | None = None,
         handleInvalid: str = "error",
         initSampleSize: int = 100_000,
+        checkpointDir: str | None = None,
+        checkpointInterval: int = 10,
+        resumeFromCheckpoint: bool = False,
     ) -> None:
         super().__init__()
         self.setParams(**self._input_kwargs)
@@ -252,6 +263,15 @@ class GaussianMixtureSelector(Estimator["GaussianMixtureSelectionModel"], _Selec
     def setInitSampleSize(self, value: int) -> GaussianMixtureSelector:
         return self._set(initSampleSize=value)
 
+    def setCheckpointDir(self, value: str) -> GaussianMixtureSelector:
+        return self._set(checkpointDir=value)
+
+    def setCheckpointInterval(self, value: int) -> GaussianMixtureSelector:
+        return self._set(checkpointInterval=value)
+
+    def setResumeFromCheckpoint(self, value: bool) -> GaussianMixtureSelector:
+        return self._set(resumeFromCheckpoint=value)
+
     def estimatorFor(self, k: int, covarianceType: str) -> GaussianMixture:
         """The :class:`GaussianMixture` whose fit is the grid's (k, covarianceType) cell."""
         shared = {
@@ -288,6 +308,10 @@ class GaussianMixtureSelector(Estimator["GaussianMixtureSelectionModel"], _Selec
                 n_init=self.getNInit(),
                 seed=self.getSeed(),
                 init_sample_size=self.getInitSampleSize(),
+                checkpoint=self._checkpointer(
+                    data, spec, {"grid": [[k, t] for k, t in grid]}
+                ),
+                resume=self.getResumeFromCheckpoint(),
             )
         finally:
             data.release()
