@@ -80,6 +80,9 @@ class FitConfig(InputConfig):
     output: str = ""
     overwrite: bool = False
     report: str = ""
+    checkpoint_dir: str = ""
+    checkpoint_interval: int | None = None
+    resume: bool = False
 
 
 @dataclass
@@ -106,6 +109,9 @@ class SelectConfig(InputConfig):
     output: str = ""
     overwrite: bool = False
     report: str = ""
+    checkpoint_dir: str = ""
+    checkpoint_interval: int | None = None
+    resume: bool = False
 
 
 @dataclass
@@ -136,6 +142,7 @@ _TYPES: dict[str, type] = {
     "init": str,
     "handle_invalid": str,
     "criterion": str,
+    "checkpoint_interval": int,
 }
 
 
@@ -249,6 +256,12 @@ def load_config(cls: type, path: str | None, overrides: dict[str, Any]) -> Any:
             )
         if config.criterion not in ("bic", "aic"):
             raise ConfigError(f"'criterion' must be bic or aic; got {config.criterion!r}.")
+    if (
+        isinstance(config, (FitConfig, SelectConfig))
+        and config.resume
+        and not config.checkpoint_dir
+    ):
+        raise ConfigError("'resume' needs 'checkpoint_dir' (where the checkpoint is).")
     if isinstance(config, (FitConfig, SelectConfig)) and not (
         config.features or config.features_col
     ):
@@ -286,6 +299,27 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _checkpoint_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint-dir",
+        dest="checkpoint_dir",
+        help="local/mounted directory for the EM state (saved atomically)",
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        dest="checkpoint_interval",
+        type=int,
+        help="save the EM state every N iterations (default 10)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_const",
+        const=True,
+        help="continue from the checkpoint in --checkpoint-dir (refused for other input "
+        "or settings; starts from scratch when there is none)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spark-gmm", description="Gaussian-mixture clustering jobs on Spark."
@@ -314,6 +348,7 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_const", const=True, help="replace an existing model directory"
     )
     fit.add_argument("--report", help="directory for report.json and plots")
+    _checkpoint_flags(fit)
     select = sub.add_parser(
         "select", help="fit a grid of k and covariance types, save the best by BIC/AIC"
     )
@@ -344,6 +379,7 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_const", const=True, help="replace an existing model directory"
     )
     select.add_argument("--report", help="directory for report.json, selection.csv and plots")
+    _checkpoint_flags(select)
     score = sub.add_parser("score", help="apply a saved model to a table")
     _input_flags(score)
     score.add_argument("--model", help="model directory written by 'fit'")

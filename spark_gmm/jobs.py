@@ -103,6 +103,7 @@ def build_fit_pipeline(config: Any) -> tuple[Any, Any]:
         "nInit": config.n_init,
         "seed": config.seed,
         "handleInvalid": config.handle_invalid,
+        **_checkpoint_settings(config),
     }
     gm.setParams(**{k: v for k, v in settings.items() if v is not None})
     return _with_feature_stages(config, gm), gm
@@ -126,9 +127,18 @@ def build_select_pipeline(config: Any) -> tuple[Any, Any]:
         "nInit": config.n_init,
         "seed": config.seed,
         "handleInvalid": config.handle_invalid,
+        **_checkpoint_settings(config),
     }
     selector.setParams(**{k: v for k, v in settings.items() if v is not None})
     return _with_feature_stages(config, selector), selector
+
+
+def _checkpoint_settings(config: Any) -> dict[str, Any]:
+    return {
+        "checkpointDir": config.checkpoint_dir or None,
+        "checkpointInterval": config.checkpoint_interval,
+        "resumeFromCheckpoint": True if config.resume else None,
+    }
 
 
 def _with_feature_stages(config: Any, final: Any) -> Any:

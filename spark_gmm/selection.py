@@ -308,9 +308,7 @@ class GaussianMixtureSelector(Estimator["GaussianMixtureSelectionModel"], _Selec
                 n_init=self.getNInit(),
                 seed=self.getSeed(),
                 init_sample_size=self.getInitSampleSize(),
-                checkpoint=self._checkpointer(
-                    data, spec, {"grid": [[k, t] for k, t in grid]}
-                ),
+                checkpoint=self._checkpointer(data, spec, {"grid": [[k, t] for k, t in grid]}),
                 resume=self.getResumeFromCheckpoint(),
             )
         finally:

@@ -218,3 +218,40 @@ def test_checkpoint_files_are_plain_json(tmp_path):
     assert [p.name for p in Path(tmp_path).iterdir()] == ["em_state.json"]
     state = json.loads((tmp_path / "em_state.json").read_text())
     assert state["format_version"] == 1 and state["candidates"][0]["params"]["means"]
+
+
+def test_fit_job_checkpoints_and_resumes(spark, parquet_input, tmp_path, capsys):
+    from spark_gmm.cli import FitConfig, main
+    from spark_gmm.jobs import run_fit
+
+    path, _ = parquet_input
+    checkpoints = tmp_path / "ckpt"
+
+    def config(**kw):
+        return FitConfig(
+            input=path,
+            features_col="x",
+            k=3,
+            max_iter=4,
+            tol=0.0,
+            n_init=1,
+            checkpoint_dir=str(checkpoints),
+            checkpoint_interval=2,
+            **kw,
+        )
+
+    first = run_fit(spark, config())
+    assert json.loads((checkpoints / "em_state.json").read_text())["iteration"] == 4
+    again = run_fit(spark, config(resume=True))  # resumes at the end: only the final pass
+    np.testing.assert_array_equal(again.means, first.means)
+    assert again.summary.logLikelihoodHistory == first.summary.logLikelihoodHistory
+    with pytest.raises(CheckpointMismatchError, match="k: checkpoint 3, now 4"):
+        run_fit(spark, replace_k(config(resume=True), 4))
+    assert main(["fit", "--input", path, "--features-col", "x", "--resume"]) == 2
+    assert "'resume' needs 'checkpoint_dir'" in capsys.readouterr().err
+
+
+def replace_k(config, k):
+    from dataclasses import replace
+
+    return replace(config, k=k)
