@@ -352,9 +352,9 @@ def _iterate(
     # used by BIC/AIC) and the cluster sizes; the best start is chosen on it.
     done = [c for c in candidates if c.error is None]
     if done:
-        tasks = [kernels.EMTask(c.params) for c in done]  # type: ignore[arg-type]
+        final: list[kernels.Task] = [kernels.ScoreTask(c.params) for c in done]  # type: ignore[arg-type]
         what = f"score the final model{'s' if len(done) > 1 else ''}"
-        for cand, stats in zip(done, _pass(data, done, tasks, what)):
+        for cand, stats in zip(done, _pass(data, done, final, what)):
             cand.final_log_likelihood = stats.log_likelihood
             cand.final_counts = stats.counts
             cand.final_total_weight = stats.total_weight

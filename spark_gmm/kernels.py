@@ -12,6 +12,8 @@ A *task* describes one candidate model's work in a data pass:
 * ``RandomTask(centre, k, seed, covariance_type)``: responsibilities drawn from a hash of
   the row's content and the seed (sklearn's ``init_params='random'``), so they do not
   depend on partitioning either.
+* ``ScoreTask(params)``: E-step only (log-likelihood, cluster sizes), for a fit's final
+  pass.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from spark_gmm.gaussian import (
     SufficientStatistics,
     block_statistics,
     hard_assignment_statistics,
+    score_and_proba,
 )
 
 Array = NDArray[np.float64]
@@ -102,7 +105,52 @@ class RandomTask:
         return SufficientStatistics.from_flat(flat, self.covariance_type, self.centres)
 
 
-Task = EMTask | HardTask | RandomTask
+@dataclass(frozen=True)
+class _Score:
+    """What :class:`ScoreTask` ships: ``[log_likelihood, total_weight, counts...]``."""
+
+    flat: Array
+
+    def to_flat(self) -> Array:
+        return self.flat
+
+
+@dataclass(frozen=True)
+class ScoreTask:
+    """E-step only: log-likelihood, total weight and cluster sizes under ``params``.
+
+    The final pass of a fit needs no second moments; skipping them halves its cost.
+    """
+
+    params: MixtureParameters
+
+    def __post_init__(self) -> None:
+        if self.params.covariances.size:
+            object.__setattr__(self, "params", replace(self.params, covariances=np.empty(0)))
+
+    @property
+    def flat_size(self) -> int:
+        return 2 + self.params.n_components
+
+    def statistics(self, X: Array, w: Array | None) -> _Score:
+        log_prob_norm, resp = score_and_proba(X, self.params)
+        weights = np.ones(X.shape[0]) if w is None else w
+        counts = np.bincount(np.argmax(resp, axis=1), minlength=self.params.n_components)
+        return _Score(
+            np.concatenate([[weights @ log_prob_norm, weights.sum()], counts.astype(np.float64)])
+        )
+
+    def unflatten(self, flat: Array) -> SufficientStatistics:
+        """Statistics with only ``log_likelihood``, ``total_weight`` and ``counts`` set."""
+        p = self.params
+        stats = SufficientStatistics.zeros(p.covariance_type, p.means)
+        stats.log_likelihood = float(flat[0])
+        stats.total_weight = float(flat[1])
+        stats.counts = np.array(flat[2:])
+        return stats
+
+
+Task = EMTask | HardTask | RandomTask | ScoreTask
 
 
 def tasks_statistics(blocks: Iterable[tuple[Array, Array | None]], tasks: Sequence[Task]) -> Array:
