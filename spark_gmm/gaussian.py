@@ -349,9 +349,8 @@ def _squared_mahalanobis_t(
     tied covariances all components are whitened by one GEMM: ``W' [x - ref; 1]`` with
     ``W`` the (d + 1, k * d) matrix of every ``U_j`` side by side over the row
     ``-(mu_j - ref) U_j`` (the loop over components spent most of its time in numpy
-    calls on small arrays, not in arithmetic). Diagonal and spherical: the same
-    residuals, elementwise. The squares are summed per component by a product with a
-    0/1 grouping matrix.
+    calls on small arrays, not in arithmetic). Diagonal and spherical: two GEMMs (see
+    the comment in the code).
 
     Centring on ``ref`` rather than on each ``mu_j`` moves the rounding error of a
     residual from ``eps |x - mu_j|`` to ``eps |x - ref|``, in units of the component's
@@ -377,9 +376,8 @@ def _squared_mahalanobis_t(
     sq = np.empty((k, n))
     if n == 0:
         return sq
-    group = np.repeat(np.eye(k), d, axis=1)  # (k, k * d)
-    chunks = _row_chunks(n, k * d)
     if covariance_type in ("full", "tied"):
+        chunks = _row_chunks(n, k * d)
         factors = np.broadcast_to(precisions_chol, (k, d, d))
         W_t = np.empty((k * d, d + 1))
         W_t[:, :d] = factors.transpose(0, 2, 1).reshape(k * d, d)
@@ -391,16 +389,28 @@ def _squared_mahalanobis_t(
             np.subtract(XT[:, rows], ref[:, None], out=a[:d])
             y = W_t @ a
             y *= y
-            sq[:, rows] = group @ y
+            np.add.reduce(y.reshape(k, d, -1), axis=1, out=sq[:, rows])
         return sq
-    scale = precisions_chol if covariance_type == "diag" else precisions_chol[:, None]
-    scale = np.broadcast_to(scale, (k, d))[:, :, None]
-    offset = (centred_means[:, :, None] * scale)
-    for rows in chunks:
-        y = (XT[:, rows] - ref[:, None]) * scale  # (k, d, rows)
-        y -= offset
-        y *= y
-        sq[:, rows] = group @ y.reshape(k * d, -1)
+    # Diagonal and spherical: |(x - mu_j) * p_j|^2 expanded around ref into two GEMMs,
+    # p_j^2 . xc^2 - 2 (p_j^2 mc_j) . xc + p_j^2 . mc_j^2 with xc = x - ref and
+    # mc_j = mu_j - ref, instead of k * d elementwise residuals per row (measured 5x
+    # faster at k = d = 32). The expansion cancels: its rounding error is ~eps times
+    # |(x - ref) * p_j|^2, i.e. grows with the square of a row's distance from ref in
+    # units of the component's spread, against |(x - mu_j) * p_j| for the residual form:
+    # ~1e-14 relative on the benchmark data, ~1e-8 absolute for a row 1e4 standard
+    # deviations from ref. The statistics themselves stay centred on each mean.
+    prec2 = np.broadcast_to(
+        precisions_chol**2 if covariance_type == "diag" else precisions_chol[:, None] ** 2,
+        (k, d),
+    )
+    linear = 2.0 * prec2 * centred_means
+    constant = np.einsum("kd,kd->k", prec2, centred_means * centred_means)[:, None]
+    xc = XT - ref[:, None]
+    np.matmul(prec2, xc * xc, out=sq)
+    sq -= linear @ xc
+    sq += constant
+    # Rounding can leave a row sitting on a mean with a tiny negative distance.
+    np.maximum(sq, 0.0, out=sq)
     return sq
 
 

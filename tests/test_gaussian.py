@@ -224,7 +224,8 @@ def test_batched_log_prob_equals_direct_over_several_chunks(covariance_type, mon
     assert rel_err(ours, _direct_log_prob(X, params)) < 1e-12
 
 
-def test_log_prob_far_from_origin_keeps_its_digits():
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_log_prob_far_from_origin_keeps_its_digits(covariance_type):
     """Rows and means offset by 1e8 with unit spread: centring on the mean of the means
     keeps the log-densities of the (rounded) rows to 1e-9. Whitening the raw rows,
     ``X U - mu U``, would be off by ~1e-7 here."""
@@ -232,15 +233,17 @@ def test_log_prob_far_from_origin_keeps_its_digits():
     offset = np.array([1e8, -2e8, 3e8])
     base = rng.normal(size=(500, 3))
     means = np.array([[0.0, 0.0, 0.0], [3.0, -1.0, 2.0]])
-    cov = np.array([np.eye(3), np.diag([0.5, 2.0, 1.0])])
-    params = MixtureParameters.from_covariances(np.array([0.4, 0.6]), means, cov, "full")
-    shifted = MixtureParameters.from_covariances(
-        np.array([0.4, 0.6]), means + offset, cov, "full"
-    )
+    variances = np.array([[1.0, 1.0, 1.0], [0.5, 2.0, 1.0]])
+    cov = variances if covariance_type == "diag" else np.stack([np.diag(v) for v in variances])
+    weights = np.array([0.4, 0.6])
+    params = MixtureParameters.from_covariances(weights, means, cov, covariance_type)
+    shifted = MixtureParameters.from_covariances(weights, means + offset, cov, covariance_type)
     X = base + offset
     # What the rows really are after rounding to float64, relative to the offset.
     exact = _direct_log_prob(X - offset, params)
-    ours = gaussian.estimate_log_gaussian_prob(X, shifted.means, shifted.precisions_chol, "full")
+    ours = gaussian.estimate_log_gaussian_prob(
+        X, shifted.means, shifted.precisions_chol, covariance_type
+    )
     assert np.max(np.abs(ours - exact)) < 1e-9, np.max(np.abs(ours - exact))
 
 
