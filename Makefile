@@ -45,11 +45,13 @@ lint: $(STAMP)
 	$(PY) -m ruff check spark_gmm jobs tests benchmarks
 	$(PY) -m mypy
 
+# The whole performance table of issue 5 (benchmarks/results/suite.md, suite.png);
+# bench-quick: smaller sizes in under 3 minutes (suite_quick.*).
 bench: check-java $(STAMP)
-	$(PY) benchmarks/bench_iteration.py
+	$(PY) benchmarks/bench_suite.py
 
 bench-quick: check-java $(STAMP)
-	$(PY) benchmarks/bench_iteration.py --quick
+	$(PY) benchmarks/bench_suite.py --quick
 
 # dist/spark_gmm-<version>-py3-none-any.whl (pip install on a cluster's Python) and
 # dist/spark_gmm.zip (spark-submit --py-files). Rebuilt from scratch every time.

@@ -258,21 +258,26 @@ def fit_sklearn(X: np.ndarray, case: Case, max_iter: int) -> FitResult:
 # ---------------------------------------------------------------------------
 
 
-def failure_of(fit: FitResult) -> str | None:
+def failure_of(fit: FitResult, long_cap: int = LONG_CAP) -> str | None:
     """Why a long (11-capped) fit cannot be timed, or None."""
     if not math.isfinite(fit.mean_log_likelihood):
         return f"log-likelihood is {fit.mean_log_likelihood} after {fit.n_iter} iterations"
-    if fit.n_iter < LONG_CAP:
-        return f"stopped after {fit.n_iter} of {LONG_CAP} iterations"
+    if fit.n_iter < long_cap:
+        return f"stopped after {fit.n_iter} of {long_cap} iterations"
     return None
 
 
 def run_benchmark(
-    fitters: dict[str, Callable[[int], FitResult]], repeats: int
+    fitters: dict[str, Callable[[int], FitResult]],
+    repeats: int,
+    warm_up: bool = True,
+    long_cap: int = LONG_CAP,
 ) -> list[ImplementationResult]:
     """Warm up every implementation, then time short/long fit pairs, interleaved."""
     results = {name: ImplementationResult(name) for name in fitters}
     for name, fit in fitters.items():
+        if not warm_up:
+            break
         log.info("warm-up: %s", name)
         try:
             fit(SHORT_CAP)
@@ -284,13 +289,13 @@ def run_benchmark(
             if result.failure is not None:
                 continue
             try:
-                short, long = fit(SHORT_CAP), fit(LONG_CAP)
+                short, long = fit(SHORT_CAP), fit(long_cap)
             except Exception as exc:
                 result.failure = f"{type(exc).__name__}: {exc}"
                 continue
             result.short_fits.append(short)
             result.long_fits.append(long)
-            result.failure = failure_of(long)
+            result.failure = failure_of(long, long_cap)
             log.info(
                 "round %d %s: %d it %.2f s, %d it %.2f s, mean log-likelihood %.4f%s",
                 round_, name, short.n_iter, short.seconds, long.n_iter, long.seconds,

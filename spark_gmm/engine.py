@@ -87,7 +87,9 @@ def _rdd_blocks(records: Iterator[tuple]) -> Blocks:
 def _unpack_row(row: Any, d: int) -> tuple[int, Array, Array | None, bytes, int]:
     n, x, w, bad, n_bad = row
     X, weights = unpack_block(n, x, w, d)
-    return n, X, weights, bad, n_bad
+    # Cached column-major: the kernels work on X.T (see spark_gmm.gaussian), which is
+    # then a free view instead of a transposed copy in every block of every pass.
+    return n, np.asfortranarray(X), weights, bad, n_bad
 
 
 def _arrow_blocks(batches: Iterator[pa.RecordBatch], d: int) -> Blocks:

@@ -183,3 +183,125 @@ def test_n_parameters_matches_sklearn():
     for covariance_type in COVARIANCE_TYPES:
         gm = SkGaussianMixture(2, covariance_type=covariance_type, random_state=0).fit(X)
         assert gaussian.n_parameters(covariance_type, 2, 3) == gm._n_parameters()
+
+
+# ---------------------------------------------------------------------------
+# The fast kernel paths against direct, per-component computations
+# ---------------------------------------------------------------------------
+
+
+def _direct_log_prob(X, params):
+    """log N(x | mu_j, Sigma_j) one component at a time, residuals centred on mu_j."""
+    k, d = params.means.shape
+    cov = params.covariances
+    out = np.empty((len(X), k))
+    kind = params.covariance_type
+    for j in range(k):
+        if kind == "full":
+            sigma = cov[j]
+        elif kind == "tied":
+            sigma = cov
+        else:
+            sigma = np.diag(cov[j]) if kind == "diag" else cov[j] * np.eye(d)
+        diff = X - params.means[j]
+        maha = np.einsum("ij,ij->i", diff, np.linalg.solve(sigma, diff.T).T)
+        out[:, j] = -0.5 * (d * np.log(2 * np.pi) + np.linalg.slogdet(sigma)[1] + maha)
+    return out
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_batched_log_prob_equals_direct_over_several_chunks(covariance_type, monkeypatch):
+    """The one-GEMM (full/tied) and elementwise (diag/spherical) whitening, cut into
+    chunks of 32 rows here, equal a per-component computation."""
+    monkeypatch.setattr(gaussian, "_CHUNK_VALUES", 1)
+    X, _ = make_mixture(n=203, d=5, k=4, seed=10)
+    w0, m0, p0 = _sklearn_start(X, 4, covariance_type)
+    params = MixtureParameters.from_precisions(w0, m0, p0, covariance_type)
+    ours = gaussian.estimate_log_gaussian_prob(
+        X, params.means, params.precisions_chol, covariance_type
+    )
+    assert ours.shape == (203, 4)
+    assert rel_err(ours, _direct_log_prob(X, params)) < 1e-12
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_log_prob_far_from_origin_keeps_its_digits(covariance_type):
+    """Rows and means offset by 1e8 with unit spread: centring on the mean of the means
+    keeps the log-densities of the (rounded) rows to 1e-9. Whitening the raw rows,
+    ``X U - mu U``, would be off by ~1e-7 here."""
+    rng = np.random.default_rng(11)
+    offset = np.array([1e8, -2e8, 3e8])
+    base = rng.normal(size=(500, 3))
+    means = np.array([[0.0, 0.0, 0.0], [3.0, -1.0, 2.0]])
+    variances = np.array([[1.0, 1.0, 1.0], [0.5, 2.0, 1.0]])
+    cov = variances if covariance_type == "diag" else np.stack([np.diag(v) for v in variances])
+    weights = np.array([0.4, 0.6])
+    params = MixtureParameters.from_covariances(weights, means, cov, covariance_type)
+    shifted = MixtureParameters.from_covariances(weights, means + offset, cov, covariance_type)
+    X = base + offset
+    # What the rows really are after rounding to float64, relative to the offset.
+    exact = _direct_log_prob(X - offset, params)
+    ours = gaussian.estimate_log_gaussian_prob(
+        X, shifted.means, shifted.precisions_chol, covariance_type
+    )
+    assert np.max(np.abs(ours - exact)) < 1e-9, np.max(np.abs(ours - exact))
+
+
+def test_negligible_responsibilities_are_exactly_zero():
+    """exp() below the smallest normal float64 is flushed to 0; everything else is
+    exp(wlp - logsumexp) to rounding."""
+    wlp = np.array(
+        [
+            [0.0, -1.0, -700.0, -720.0, -800.0, -np.inf],
+            [-5.0, -5.0, -5.0, -5.0, -5.0, -5.0],
+            [1e3, 1e3 - 707.0, 1e3 - 709.0, -1e300, 1e3 - 2.0, 1e3 - 3.0],
+        ]
+    )
+    lpn, resp = gaussian._log_normalize(wlp)
+    top = wlp.max(axis=1, keepdims=True)
+    expected_lpn = top[:, 0] + np.log(np.exp(wlp - top).sum(axis=1))
+    assert rel_err(lpn, expected_lpn) < 1e-15
+    expected = np.exp(wlp - expected_lpn[:, None])
+    tiny = np.finfo(np.float64).tiny
+    normal = expected >= tiny
+    assert np.all(resp[~normal] == 0.0)
+    assert np.max(np.abs(resp[normal] - expected[normal]) / expected[normal]) < 1e-13
+    assert rel_err(resp.sum(axis=1), np.ones(3)) < 1e-15
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_statistics_skip_zero_weights_exactly(covariance_type, monkeypatch):
+    """Gathering the non-zero rows of a component, or not, gives the same sums, equal
+    to weighted sums computed directly; C- and Fortran-ordered blocks agree bit for bit."""
+    rng = np.random.default_rng(12)
+    X = rng.normal(size=(300, 4)) * [1.0, 2.0, 0.5, 3.0] + 5.0
+    resp = rng.random((300, 3)) * (rng.random((300, 3)) < [0.2, 0.6, 1.0])
+    centres = rng.normal(size=(3, 4)) + 5.0
+    results = []
+    for share in (1.0, 0.0):
+        monkeypatch.setattr(gaussian, "_GATHER_SHARE", share)
+        stats = SufficientStatistics.zeros(covariance_type, centres)
+        gaussian._accumulate_weighted(X, resp, stats)
+        results.append(stats)
+    gathered, dense = results
+    scatter = np.stack(
+        [(resp[:, j, None] * (X - centres[j])).T @ (X - centres[j]) for j in range(3)]
+    )
+    scatter = {
+        "full": scatter,
+        "tied": scatter.sum(axis=0),
+        "diag": np.stack([np.diag(s) for s in scatter]),
+        "spherical": np.stack([np.diag(s) for s in scatter]),
+    }[covariance_type]
+    for stats in (gathered, dense):
+        assert rel_err(stats.nk, resp.sum(axis=0)) < 1e-14
+        sk = np.stack([resp[:, j] @ (X - centres[j]) for j in range(3)])
+        assert rel_err(stats.sk, sk) < 1e-13
+        assert rel_err(stats.scatter, scatter) < 1e-13
+    params = MixtureParameters.from_covariances(
+        np.full(3, 1 / 3), centres, np.broadcast_to(np.eye(4), (3, 4, 4)).copy(), "full"
+    )
+    c_order = gaussian.block_statistics(X, None, params)
+    f_order = gaussian.block_statistics(np.asfortranarray(X), None, params)
+    for name in ("nk", "sk", "scatter", "counts"):
+        assert np.array_equal(getattr(c_order, name), getattr(f_order, name)), name
