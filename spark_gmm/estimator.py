@@ -437,6 +437,8 @@ class GaussianMixture(
                 f"initialModel has {initial_params.n_features} features but the input has "
                 f"{spec.n_features}."
             )
+        n_candidates = 1 if initial_params is not None else self.getNInit()
+        _check_memory(dataset.sparkSession, [(k, covariance_type)] * n_candidates, spec.n_features)
         data = prepare(
             dataset,
             spec,
@@ -450,6 +452,8 @@ class GaussianMixture(
                     f"k={k} is larger than the number of usable rows ({data.n_rows}). "
                     "Use a smaller k."
                 )
+            if data.summary is not None:
+                _check_scale(data.summary, spec, k, self.getRegCovar())
             result = fit_em(
                 data,
                 k,
@@ -463,6 +467,12 @@ class GaussianMixture(
                 initial_params=initial_params,
                 init_sample_size=self.getInitSampleSize(),
             )
+        except FloatingPointError:
+            raise InvalidInputError(
+                "EM statistics became infinite: the features, or the weights in weightCol, "
+                "are too large for float64 once squared and summed. Rescale them (divide by "
+                "a constant, or standardize) and fit again."
+            ) from None
         finally:
             data.release()
         n_params = gaussian.n_parameters(covariance_type, k, spec.n_features)
@@ -489,6 +499,50 @@ class GaussianMixture(
         )
         model._summary = summary
         return self._copyValues(model)
+
+
+def _check_memory(spark: Any, shapes: list[tuple[int, str]], n_features: int) -> None:
+    """The memory guard (:mod:`spark_gmm.guards`), before any data pass."""
+    from spark_gmm.guards import check_memory, memory_limits
+
+    try:
+        block_rows = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "10000"))
+    except (TypeError, ValueError):
+        block_rows = 10_000
+    if block_rows <= 0:  # Spark's "no limit": a whole partition per block
+        block_rows = 1_000_000
+    executor_limit, driver_limit = memory_limits(spark)
+    check_memory(
+        shapes,
+        n_features,
+        block_rows=block_rows,
+        executor_limit=executor_limit,
+        driver_limit=driver_limit,
+    )
+
+
+def _check_scale(summary: Any, spec: Any, k: int, reg_covar: float) -> None:
+    """Features varying on a scale regCovar swamps: an error if no feature is left to
+    separate k > 1 components, else a warning naming them."""
+    from spark_gmm.data import tiny_scale_features
+
+    tiny = tiny_scale_features(spec, summary, reg_covar)
+    if not tiny:
+        return
+    listed = ", ".join(f"'{name}' (range {span:.3g})" for name, span in tiny[:5])
+    span = summary.col_max - summary.col_min
+    varying = int(np.sum(np.isfinite(span) & (span > 0)))
+    text = (
+        f"Features {listed} vary on a scale far below regCovar={reg_covar:g} (or so small "
+        "that their squares underflow), so EM sees them as constant."
+    )
+    fix = (
+        "Rescale the features (StandardScaler, or --standardize in the jobs; for values "
+        "near 1e-300 multiply by a constant first) or lower regCovar."
+    )
+    if k > 1 and varying == len(tiny):
+        raise InvalidInputError(f"{text} No feature is left to separate k={k} components. {fix}")
+    log.warning("%s %s", text, fix)
 
 
 class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable[Any]):
@@ -817,6 +871,21 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
             proba = [None] * n
             if ok.any():
                 lpn, resp = gaussian.score_and_proba(X[ok], params)
+                # Rows so far from every component (e.g. values near 1e300) that their
+                # densities overflow: no probabilities exist for them, never emit NaN.
+                finite = np.isfinite(lpn) & np.isfinite(resp).all(axis=1)
+                if not finite.all():
+                    if handle == "error":
+                        raise InvalidInputError(
+                            f"{int((~finite).sum())} row(s) of a batch have features in "
+                            f"{', '.join(repr(c) for c in names)} so far from every component "
+                            "(e.g. values near 1e300) that their likelihood is not finite. "
+                            "Scale them like the training data, or set handleInvalid='skip' "
+                            "or 'keep'."
+                        )
+                    bad[np.flatnonzero(ok)[~finite]] = True
+                    ok = ~bad
+                    lpn, resp = lpn[finite], resp[finite]
                 pred[ok] = np.argmax(resp, axis=1)
                 logp[ok] = lpn
                 idx = np.flatnonzero(ok)
