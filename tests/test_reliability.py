@@ -478,6 +478,14 @@ def test_values_near_1e300(spark, job, inputs, tmp_path):
     assert snapshot(tmp_path / "m") is None and snapshot(out) is None
     no_leftovers(tmp_path)
     assert expected in api_error(spark.read.parquet(path), k=2, inputCols=COLS)
+    # API transform: 'keep' gives such rows null outputs, 'skip' drops them; never NaN.
+    model = GaussianMixtureModel.load(inputs["model"]).setLogLikelihoodCol("ll")
+    big = spark.read.parquet(path).union(spark.read.parquet(inputs["good"]).select(*COLS))
+    kept = model.setHandleInvalid("keep").transform(big).collect()
+    assert len(kept) == 2 * N
+    assert sum(r["probability"] is None and r["ll"] is None for r in kept) == N
+    assert all(np.isfinite(r["probability"].toArray()).all() for r in kept if r["probability"])
+    assert model.setHandleInvalid("skip").transform(big).count() == N
 
 
 def test_values_near_1e_minus_300(spark, job, inputs, tmp_path, caplog):
