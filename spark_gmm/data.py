@@ -6,7 +6,9 @@ Two halves:
   vector size) and returns the Spark column expressions to read, before any job runs;
 * executor side, :func:`pack_batches`: turns each Arrow batch of those columns into one
   block (row-major float64 bytes), counting invalid values (null, NaN, ±Inf, wrong vector
-  length, negative or missing weight) per input column.
+  length, negative or missing weight) per input column, and recording the rows read and
+  each feature's range, so the driver can name all-null columns and values whose squares
+  overflow float64 (:func:`summarize_blocks`, :func:`check_magnitude`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,19 @@ from numpy.typing import NDArray
 
 from spark_gmm.errors import InvalidInputError
 
-__all__ = ["PACKED_SCHEMA_DDL", "FeatureSpec", "pack_batches", "resolve_features"]
+__all__ = [
+    "PACKED_SCHEMA_DDL",
+    "FeatureSpec",
+    "InputSummary",
+    "check_magnitude",
+    "pack_batches",
+    "resolve_features",
+    "summarize_blocks",
+]
 
-# One row per block. ``bad`` holds an int64 count per entry of FeatureSpec.problem_labels.
+# One row per block. ``bad`` holds an int64 count per entry of FeatureSpec.problem_labels,
+# then the rows read (int64), then each feature's min and max over the valid rows
+# (float64, d each): see _block_summary_bytes / summarize_blocks.
 PACKED_SCHEMA_DDL = "n long, x binary, w binary, bad binary, n_bad long"
 _PACKED_ARROW_SCHEMA = pa.schema(
     [
@@ -62,6 +74,10 @@ class FeatureSpec:
     @property
     def has_weight(self) -> bool:
         return self.weight_col is not None
+
+    def feature_name(self, j: int) -> str:
+        """How feature ``j`` is named in messages: its column, or ``vector[j]``."""
+        return self.names[j] if self.source == "columns" else f"{self.names[0]}[{j}]"
 
 
 def _problem_labels(source: str, names: list[str], weight_col: str | None) -> list[str]:
@@ -268,6 +284,7 @@ def pack_batches(
             continue
         X, w, bad, counts = batch_to_rows(batch, spec)
         n_bad = int(bad.sum())
+        summary = _block_summary_bytes(X[~bad] if n_bad else X, counts, batch.num_rows)
         if n_bad and not skip_invalid:
             X, w = X[:0], None if w is None else w[:0]
         elif n_bad:
@@ -277,11 +294,133 @@ def pack_batches(
                 pa.array([X.shape[0]], pa.int64()),
                 pa.array([np.ascontiguousarray(X).tobytes()], pa.binary()),
                 pa.array([b"" if w is None else np.ascontiguousarray(w).tobytes()], pa.binary()),
-                pa.array([np.asarray(counts, dtype=np.int64).tobytes()], pa.binary()),
+                pa.array([summary], pa.binary()),
                 pa.array([n_bad], pa.int64()),
             ],
             schema=_PACKED_ARROW_SCHEMA,
         )
+
+
+def _block_summary_bytes(valid: NDArray[np.float64], counts: list[int], rows_read: int) -> bytes:
+    """Problem counts, rows read and per-feature min/max of a block's valid rows."""
+    d = valid.shape[1]
+    if valid.shape[0]:
+        lo, hi = valid.min(axis=0), valid.max(axis=0)
+    else:
+        lo, hi = np.full(d, np.inf), np.full(d, -np.inf)
+    return (
+        np.asarray([*counts, rows_read], dtype=np.int64).tobytes()
+        + np.ascontiguousarray(lo, dtype=np.float64).tobytes()
+        + np.ascontiguousarray(hi, dtype=np.float64).tobytes()
+    )
+
+
+@dataclass
+class InputSummary:
+    """What the validation pass learnt about the whole input (summed over blocks).
+
+    Attributes
+    ----------
+    counts : ndarray of int64
+        One count per entry of ``FeatureSpec.problem_labels``.
+    rows_read : int
+        Rows read, valid or not.
+    col_min, col_max : ndarray of shape (d,)
+        Range of each feature over the valid rows (+inf/-inf when there is none).
+    """
+
+    counts: NDArray[np.int64]
+    rows_read: int
+    col_min: NDArray[np.float64]
+    col_max: NDArray[np.float64]
+
+
+def summarize_blocks(raws: list[bytes], spec: FeatureSpec) -> InputSummary:
+    """Merge the per-block summaries written by :func:`pack_batches`."""
+    n_labels, d = len(spec.problem_labels), spec.n_features
+    counts = np.zeros(n_labels, dtype=np.int64)
+    rows_read = 0
+    col_min, col_max = np.full(d, np.inf), np.full(d, -np.inf)
+    for raw in raws:
+        ints = np.frombuffer(raw, dtype=np.int64, count=n_labels + 1)
+        floats = np.frombuffer(raw, dtype=np.float64, offset=8 * (n_labels + 1))
+        counts += ints[:n_labels]
+        rows_read += int(ints[n_labels])
+        col_min = np.minimum(col_min, floats[:d])
+        col_max = np.maximum(col_max, floats[d:])
+    return InputSummary(counts, rows_read, col_min, col_max)
+
+
+def all_invalid_message(spec: FeatureSpec, summary: InputSummary) -> str | None:
+    """A message naming the columns with no usable value in any row, or None."""
+    if summary.rows_read == 0:
+        return None
+    whole = [
+        label
+        for label, count in zip(spec.problem_labels, summary.counts)
+        if count == summary.rows_read
+    ]
+    if not whole:
+        return None
+    return (
+        f"Nothing to fit: {'; '.join(whole)} in all {summary.rows_read} rows, so that column "
+        "has no usable value (e.g. it is entirely null). Drop it from the features (or "
+        "weightCol), or fix the input."
+    )
+
+
+def magnitude_limit(n_rows: int, n_features: int) -> float:
+    """Largest |x| whose squared deviations, summed over all rows, stay finite in float64.
+
+    (x - c)^2 <= 4 max|x|^2, summed over n rows (and over d features in the k-means
+    distances), with a further factor 4 of margin.
+    """
+    return float(np.sqrt(np.finfo(np.float64).max / (16.0 * max(n_rows, n_features, 1))))
+
+
+def check_magnitude(spec: FeatureSpec, summary: InputSummary, n_rows: int) -> None:
+    """Raise when a feature's values are so large that EM's squared deviations overflow.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming each such feature and its largest magnitude, and how to rescale it.
+    """
+    limit = magnitude_limit(n_rows, spec.n_features)
+    biggest = np.maximum(np.abs(summary.col_min), np.abs(summary.col_max))
+    biggest[~np.isfinite(biggest)] = 0.0  # features with no valid row
+    over = np.flatnonzero(biggest > limit)
+    if over.size == 0:
+        return
+    listed = ", ".join(f"'{spec.feature_name(int(j))}' up to {biggest[j]:.3g}" for j in over[:5])
+    scale = 10.0 ** np.floor(np.log10(biggest[over].max()))
+    raise InvalidInputError(
+        f"Feature values too large for float64: {listed} in magnitude (limit {limit:.3g} for "
+        f"{n_rows} rows); their squared deviations would overflow to infinity. Rescale those "
+        f"columns first, e.g. divide by {scale:.0e} or take a log. (--standardize / "
+        "StandardScaler cannot help here: it squares the values too.)"
+    )
+
+
+def tiny_scale_features(
+    spec: FeatureSpec, summary: InputSummary, reg_covar: float
+) -> list[tuple[str, float]]:
+    """Features that vary, but on a scale regCovar swamps (or that squares underflow).
+
+    A feature whose range is below ``1e-3 * sqrt(regCovar)`` (or below 1e-150, where its
+    squared differences underflow) looks constant to EM.
+
+    Returns
+    -------
+    list of (name, range)
+    """
+    span = summary.col_max - summary.col_min
+    threshold = max(1e-3 * float(np.sqrt(max(reg_covar, 0.0))), 1e-150)
+    return [
+        (spec.feature_name(j), float(span[j]))
+        for j in range(spec.n_features)
+        if np.isfinite(span[j]) and 0.0 < span[j] < threshold
+    ]
 
 
 def unpack_block(

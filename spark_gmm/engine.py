@@ -31,7 +31,16 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from spark_gmm import kernels
-from spark_gmm.data import PACKED_SCHEMA_DDL, FeatureSpec, pack_batches, unpack_block
+from spark_gmm.data import (
+    PACKED_SCHEMA_DDL,
+    FeatureSpec,
+    InputSummary,
+    all_invalid_message,
+    check_magnitude,
+    pack_batches,
+    summarize_blocks,
+    unpack_block,
+)
 from spark_gmm.errors import InvalidInputError
 
 __all__ = ["PreparedData", "is_connect", "prepare"]
@@ -248,6 +257,8 @@ class PreparedData:
         Rows used by the fit.
     n_skipped : int
         Invalid rows dropped under ``handleInvalid='skip'``.
+    summary : InputSummary or None
+        Rows read, problem counts and the range of every feature.
     """
 
     spark: Any
@@ -256,6 +267,7 @@ class PreparedData:
     n_skipped: int
     cache: RddBlocks | DataFrameBlocks
     aggregation_depth: int = 2
+    summary: InputSummary | None = None
 
     @property
     def n_features(self) -> int:
@@ -328,8 +340,8 @@ def prepare(
     Raises
     ------
     InvalidInputError
-        Invalid rows under ``handleInvalid='error'`` (with a count per column), or no
-        usable rows at all.
+        Invalid rows under ``handleInvalid='error'`` (with a count per column), a column
+        with no usable value, no usable rows at all, or values whose squares overflow.
     """
     from pyspark import StorageLevel
 
@@ -352,10 +364,12 @@ def prepare(
             raise
     n_rows = sum(int(m[0]) for m in meta)
     n_bad = sum(int(m[2]) for m in meta)
-    counts = np.zeros(len(spec.problem_labels), dtype=np.int64)
-    for m in meta:
-        counts += np.frombuffer(m[1], dtype=np.int64)
+    summary = summarize_blocks([m[1] for m in meta], spec)
+    counts = summary.counts
     try:
+        whole = all_invalid_message(spec, summary) if n_bad and (n_rows == 0 or not skip) else None
+        if whole:
+            raise InvalidInputError(whole)
         if n_bad and not skip:
             details = "; ".join(
                 f"{label}: {int(c)}" for label, c in zip(spec.problem_labels, counts) if c
@@ -370,6 +384,7 @@ def prepare(
             raise InvalidInputError(
                 f"The input has no rows to fit{extra}. Check the input path, table or filter."
             )
+        check_magnitude(spec, summary, n_rows)
     except Exception:
         cache.release()
         raise
@@ -379,4 +394,4 @@ def prepare(
             n_bad,
             ", ".join(f"{label}: {int(c)}" for label, c in zip(spec.problem_labels, counts) if c),
         )
-    return PreparedData(spark, spec, n_rows, n_bad, cache, aggregation_depth)
+    return PreparedData(spark, spec, n_rows, n_bad, cache, aggregation_depth, summary)

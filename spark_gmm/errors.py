@@ -11,6 +11,7 @@ __all__ = [
     "ComponentNotPositiveDefiniteError",
     "GaussianMixtureError",
     "InvalidInputError",
+    "MemoryGuardError",
 ]
 
 _REMEDY = (
@@ -25,6 +26,10 @@ class GaussianMixtureError(ValueError):
 
 class InvalidInputError(GaussianMixtureError):
     """The input DataFrame or a parameter cannot be used as given."""
+
+
+class MemoryGuardError(InvalidInputError):
+    """A fit would need more memory than the Spark settings allow (see spark_gmm.guards)."""
 
 
 class ComponentNotPositiveDefiniteError(GaussianMixtureError):

@@ -57,6 +57,12 @@ _DEFAULT_SEED = zlib.crc32(b"spark_gmm.GaussianMixture")
 
 HANDLE_INVALID = ("error", "skip", "keep")
 
+_OVERFLOW = (
+    "EM statistics became infinite: the features, or the weights in weightCol, are too "
+    "large for float64 once squared and summed. Rescale them (divide by a constant, or "
+    "standardize) and fit again."
+)
+
 
 class _MixtureFitParams(
     HasMaxIter,
@@ -517,6 +523,8 @@ class GaussianMixture(
                 f"initialModel has {initial_params.n_features} features but the input has "
                 f"{spec.n_features}."
             )
+        n_candidates = 1 if initial_params is not None else self.getNInit()
+        _check_memory(dataset.sparkSession, [(k, covariance_type)] * n_candidates, spec.n_features)
         data = prepare(
             dataset,
             spec,
@@ -530,6 +538,8 @@ class GaussianMixture(
                     f"k={k} is larger than the number of usable rows ({data.n_rows}). "
                     "Use a smaller k."
                 )
+            if data.summary is not None:
+                _check_scale(data.summary, spec, k, self.getRegCovar())
             result = fit_em(
                 data,
                 k,
@@ -553,6 +563,8 @@ class GaussianMixture(
                 ),
                 resume=self.getResumeFromCheckpoint(),
             )
+        except FloatingPointError:
+            raise InvalidInputError(_OVERFLOW) from None
         finally:
             data.release()
         return self._model_from_result(result, spec, data, dataset)
@@ -597,6 +609,50 @@ def _digest(params: MixtureParameters) -> str:
     for a in (params.weights, params.means, params.precisions_chol):
         h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
     return h.hexdigest()[:16]
+
+
+def _check_memory(spark: Any, shapes: list[tuple[int, str]], n_features: int) -> None:
+    """The memory guard (:mod:`spark_gmm.guards`), before any data pass."""
+    from spark_gmm.guards import check_memory, memory_limits
+
+    try:
+        block_rows = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "10000"))
+    except (TypeError, ValueError):
+        block_rows = 10_000
+    if block_rows <= 0:  # Spark's "no limit": a whole partition per block
+        block_rows = 1_000_000
+    executor_limit, driver_limit = memory_limits(spark)
+    check_memory(
+        shapes,
+        n_features,
+        block_rows=block_rows,
+        executor_limit=executor_limit,
+        driver_limit=driver_limit,
+    )
+
+
+def _check_scale(summary: Any, spec: Any, k: int, reg_covar: float) -> None:
+    """Features varying on a scale regCovar swamps: an error if no feature is left to
+    separate k > 1 components, else a warning naming them."""
+    from spark_gmm.data import tiny_scale_features
+
+    tiny = tiny_scale_features(spec, summary, reg_covar)
+    if not tiny:
+        return
+    listed = ", ".join(f"'{name}' (range {span:.3g})" for name, span in tiny[:5])
+    span = summary.col_max - summary.col_min
+    varying = int(np.sum(np.isfinite(span) & (span > 0)))
+    text = (
+        f"Features {listed} vary on a scale far below regCovar={reg_covar:g} (or so small "
+        "that their squares underflow), so EM sees them as constant."
+    )
+    fix = (
+        "Rescale the features (StandardScaler, or --standardize in the jobs; for values "
+        "near 1e-300 multiply by a constant first) or lower regCovar."
+    )
+    if k > 1 and varying == len(tiny):
+        raise InvalidInputError(f"{text} No feature is left to separate k={k} components. {fix}")
+    log.warning("%s %s", text, fix)
 
 
 class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable[Any]):
@@ -925,6 +981,21 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
             proba = [None] * n
             if ok.any():
                 lpn, resp = gaussian.score_and_proba(X[ok], params)
+                # Rows so far from every component (e.g. values near 1e300) that their
+                # densities overflow: no probabilities exist for them, never emit NaN.
+                finite = np.isfinite(lpn) & np.isfinite(resp).all(axis=1)
+                if not finite.all():
+                    if handle == "error":
+                        raise InvalidInputError(
+                            f"{int((~finite).sum())} row(s) of a batch have features in "
+                            f"{', '.join(repr(c) for c in names)} so far from every component "
+                            "(e.g. values near 1e300) that their likelihood is not finite. "
+                            "Scale them like the training data, or set handleInvalid='skip' "
+                            "or 'keep'."
+                        )
+                    bad[np.flatnonzero(ok)[~finite]] = True
+                    ok = ~bad
+                    lpn, resp = lpn[finite], resp[finite]
                 pred[ok] = np.argmax(resp, axis=1)
                 logp[ok] = lpn
                 idx = np.flatnonzero(ok)

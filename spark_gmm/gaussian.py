@@ -653,9 +653,7 @@ def _accumulate_weighted(
     stats : SufficientStatistics
         Updated in place; its ``centres`` are the reference points.
     """
-    _accumulate_weighted_t(
-        np.ascontiguousarray(X.T), np.ascontiguousarray(weighted_resp.T), stats
-    )
+    _accumulate_weighted_t(np.ascontiguousarray(X.T), np.ascontiguousarray(weighted_resp.T), stats)
 
 
 def _accumulate_weighted_t(XT: Array, weighted_resp_t: Array, stats: SufficientStatistics) -> None:

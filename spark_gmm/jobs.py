@@ -42,18 +42,80 @@ def is_user_error(exc: BaseException) -> bool:
 
 def read_input(spark: Any, config: Any) -> Any:
     """The input DataFrame: a catalog table or a path in any Spark format, filtered."""
-    if config.table:
-        df = spark.table(config.table)
-    else:
-        reader = spark.read.format(config.format)
-        if config.format == "csv":
-            reader = reader.option("header", str(config.csv_header).lower()).option(
-                "inferSchema", str(config.csv_infer_schema).lower()
-            )
-        df = reader.load(config.input)
+    try:
+        if config.table:
+            df = spark.table(config.table)
+        else:
+            reader = spark.read.format(config.format)
+            if config.format == "csv":
+                reader = reader.option("header", str(config.csv_header).lower()).option(
+                    "inferSchema", str(config.csv_infer_schema).lower()
+                )
+            df = reader.load(config.input)
+    except Exception as exc:
+        text = str(exc)
+        if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
+            raise JobError(
+                f"input path {config.input} does not exist. Check 'input' (--input) and 'format'."
+            ) from None
+        if "TABLE_OR_VIEW_NOT_FOUND" in text:
+            raise JobError(
+                f"input table {config.table} does not exist. Check 'table' (--table, e.g. "
+                "db.events) and the catalog (a Hive metastore needs "
+                "spark.sql.catalogImplementation=hive)."
+            ) from None
+        raise
     if config.where:
         df = df.where(config.where)
     return df
+
+
+def check_feature_types(df: Any, names: list[str]) -> None:
+    """Refuse text feature columns with a message saying which values are not numbers.
+
+    A CSV read with ``inferSchema`` turns a column holding one malformed number into a
+    string column: name the column, count its non-numeric values and show one.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    text = [c for c in names if isinstance(fields.get(c), T.StringType)]
+    if not text:
+        return
+    aggs = []
+    for j, c in enumerate(text):
+        col = F.col(f"`{c}`")
+        bad = col.isNotNull() & F.expr(f"try_cast(`{c}` AS DOUBLE)").isNull()
+        aggs += [F.count(F.when(bad, 1)).alias(f"n{j}"), F.min(F.when(bad, col)).alias(f"e{j}")]
+    row = df.agg(*aggs).collect()[0]
+    malformed = [
+        f"'{c}' ({int(row[f'n{j}'])} value(s), e.g. {row[f'e{j}']!r})"
+        for j, c in enumerate(text)
+        if row[f"n{j}"]
+    ]
+    if malformed:
+        raise JobError(
+            f"feature column(s) read as text because some values are not numbers: "
+            f"{', '.join(malformed)}. Fix or filter those rows ('where'); a CSV column with "
+            "any malformed number is read as string."
+        )
+    raise JobError(
+        f"feature column(s) {', '.join(repr(c) for c in text)} are text (string) although "
+        "their values are numbers: read the CSV with csv_infer_schema = true, or store "
+        "them as numbers."
+    )
+
+
+def _worker_error(exc: BaseException) -> GaussianMixtureError | None:
+    """The spark_gmm error raised inside a Python worker, from Spark's wrapped exception."""
+    marker = "spark_gmm.errors.InvalidInputError: "
+    for line in str(exc).splitlines():
+        if marker in line:
+            from spark_gmm.errors import InvalidInputError
+
+            return InvalidInputError(line.split(marker, 1)[1].strip())
+    return None
 
 
 def _same_location(a: str, b: str) -> bool:
@@ -71,6 +133,12 @@ def _same_location(a: str, b: str) -> bool:
 
 
 def _check_not_input(config: Any, output_path: str = "", output_table: str = "") -> None:
+    report = getattr(config, "report", "")
+    if report and config.input and _same_location(report, config.input):
+        raise JobError(
+            f"refusing to write the report to {report}: it is (inside) the job's input "
+            f"{config.input}. Choose another report directory."
+        )
     if output_path and config.input and _same_location(output_path, config.input):
         raise JobError(
             f"refusing to write {output_path}: it is (inside) the job's input {config.input}. "
@@ -191,18 +259,24 @@ def run_fit(spark: Any, config: Any) -> Any:
     from spark_gmm.persistence import atomic_save
 
     started = time.perf_counter()
-    if config.output:
-        _check_not_input(config, output_path=config.output)
+    _check_not_input(config, output_path=config.output)
+    if config.output and not config.overwrite and _exists(spark, config.output):
+        raise JobError(
+            f"model directory {config.output} already exists; set overwrite = true "
+            "(--overwrite) to replace it, or choose another output."
+        )
     df = read_input(spark, config)
     estimator, gm = build_fit_pipeline(config)
+    gm._validate_params()
+    check_feature_types(df, config.features)
+    # Schema checks before any Spark job (also when --standardize puts a pipeline first).
+    resolve_features(
+        df,
+        config.features or None,
+        config.features_col or "features",
+        config.weight_col or None,
+    )
     if config.dry_run:
-        resolve_features(
-            df,
-            config.features or None,
-            config.features_col or "features",
-            config.weight_col or None,
-        )
-        gm._validate_params()
         print(_plan(config, df, f"fit k={gm.getK()} {gm.getCovarianceType()}"))
         print(f"  output:   {config.output or '(not saved)'}")
         return None
@@ -239,18 +313,23 @@ def run_select(spark: Any, config: Any) -> Any:
     from spark_gmm.persistence import atomic_save
 
     started = time.perf_counter()
-    if config.output:
-        _check_not_input(config, output_path=config.output)
+    _check_not_input(config, output_path=config.output)
+    if config.output and not config.overwrite and _exists(spark, config.output):
+        raise JobError(
+            f"model directory {config.output} already exists; set overwrite = true "
+            "(--overwrite) to replace it, or choose another output."
+        )
     df = read_input(spark, config)
     estimator, selector = build_select_pipeline(config)
     grid = selector._grid()
+    check_feature_types(df, config.features)
+    resolve_features(
+        df,
+        config.features or None,
+        config.features_col or "features",
+        config.weight_col or None,
+    )
     if config.dry_run:
-        resolve_features(
-            df,
-            config.features or None,
-            config.features_col or "features",
-            config.weight_col or None,
-        )
         ks = ",".join(map(str, config.k))
         print(
             _plan(
@@ -383,14 +462,83 @@ def run_score(spark: Any, config: Any) -> None:
 
     started = time.perf_counter()
     _check_not_input(config, output_path=config.output, output_table=config.output_table)
+    existed = bool(config.output) and _exists(spark, config.output)
+    if config.mode == "error" and not config.dry_run:
+        if existed:
+            raise JobError(
+                f"output {config.output} already exists; use mode overwrite or append "
+                "(--mode), or choose another output."
+            )
+        if config.output_table and spark.catalog.tableExists(config.output_table):
+            raise JobError(
+                f"output table {config.output_table} already exists; use mode overwrite or "
+                "append (--mode), or choose another output table."
+            )
     model, gm = load_any_model(config.model, spark)
     df = read_input(spark, config)
+    check_feature_types(df, config.features or _model_input_cols(model, gm))
     out = score_frame(model, gm, df, config)
     if config.dry_run:
         print(_plan(config, df, f"score with {config.model} (k={gm.getK()})"))
         print(f"  output:   {config.output or config.output_table} ({config.mode})")
         print(f"  columns:  {', '.join(out.columns)}")
         return
+    if df.isEmpty():
+        where = f" after where {config.where!r}" if config.where else ""
+        raise JobError(
+            f"the input {config.table or config.input} has no rows{where}: nothing to score. "
+            "Check the input path, table or filter."
+        )
+    try:
+        target = _write_scores(spark, out, config)
+    except Exception as exc:
+        if not existed and config.output and _exists(spark, config.output):
+            _delete(spark, config.output)  # a failed write leaves no empty output behind
+        worker = _worker_error(exc)
+        if worker is not None:
+            raise worker from None
+        raise
+    print(
+        f"scored rows written to {target} ({config.output_format}, mode={config.mode}) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+    log.info("score job done: %s", json.dumps({"output": target, "mode": config.mode}))
+
+
+def _model_input_cols(model: Any, gm: Any) -> list[str]:
+    """The columns a saved model reads: its inputCols, or its pipeline's first stage's."""
+    first = model.stages[0] if model is not gm and model.stages else gm
+    if first.hasParam("inputCols") and first.isDefined(first.getParam("inputCols")):
+        return list(first.getOrDefault(first.getParam("inputCols")) or [])
+    return []
+
+
+def _exists(spark: Any, path: str) -> bool:
+    from spark_gmm.persistence import path_exists
+
+    return bool(path) and path_exists(spark, path)
+
+
+def _delete(spark: Any, path: str) -> None:
+    from spark_gmm.persistence import delete_path
+
+    delete_path(spark, path)
+
+
+def _write_scores(spark: Any, out: Any, config: Any) -> str:
+    """Write the scored rows; a plain path output appears complete or not at all."""
+    from spark_gmm.persistence import atomic_save
+
+    if config.output and not config.partition_by and config.mode in ("error", "overwrite"):
+        # Into a sibling temporary directory renamed into place: a failure leaves the
+        # old output (or none) untouched.
+        atomic_save(
+            spark,
+            config.output,
+            lambda p: out.write.mode(config.mode).format(config.output_format).save(p),
+            overwrite=config.mode == "overwrite",
+        )
+        return str(config.output)
     writer = out.write.mode(config.mode)
     if config.partition_by:
         # Overwrite replaces only the partitions this run writes.
@@ -408,12 +556,6 @@ def run_score(spark: Any, config: Any) -> None:
             )
         else:
             writer.format(config.output_format).saveAsTable(config.output_table)
-        target = config.output_table
-    else:
-        writer.format(config.output_format).save(config.output)
-        target = config.output
-    print(
-        f"scored rows written to {target} ({config.output_format}, mode={config.mode}) "
-        f"in {time.perf_counter() - started:.1f} s"
-    )
-    log.info("score job done: %s", json.dumps({"output": target, "mode": config.mode}))
+        return str(config.output_table)
+    writer.format(config.output_format).save(config.output)
+    return str(config.output)

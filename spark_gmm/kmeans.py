@@ -82,9 +82,9 @@ def _lloyd(
     for _ in range(max_iter):
         labels = nearest_centre(X, centres)
         wsum = np.bincount(labels, weights=sample_weight, minlength=k)
-        new = np.column_stack(
+        new: Array = np.column_stack(
             [np.bincount(labels, weights=col, minlength=k) for col in weighted_cols]
-        )
+        ).astype(np.float64, copy=False)
         empty = wsum <= 0
         new[~empty] /= wsum[~empty, None]
         if empty.any():

@@ -31,7 +31,14 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, 
 from spark_gmm.errors import GaussianMixtureError, short_error
 from spark_gmm.gaussian import MixtureParameters, covariance_shape
 
-__all__ = ["FORMAT_VERSION", "ModelFormatError", "atomic_save", "load_any_model"]
+__all__ = [
+    "FORMAT_VERSION",
+    "ModelFormatError",
+    "atomic_save",
+    "delete_path",
+    "load_any_model",
+    "path_exists",
+]
 
 FORMAT_VERSION = 1
 _ARRAY_NAMES = ("weights", "means", "covariances")
@@ -73,6 +80,18 @@ def _jvm_path(spark: Any, path: str) -> Any:
 def _exists(spark: Any, path: str) -> bool:
     fs = _hadoop_fs(spark, path)
     return bool(fs and fs[0].exists(fs[1]))
+
+
+def path_exists(spark: Any, path: str) -> bool:
+    """Whether ``path`` exists (any Hadoop file system); False without a JVM (Connect)."""
+    return _exists(spark, path.rstrip("/"))
+
+
+def delete_path(spark: Any, path: str) -> None:
+    """Delete ``path`` recursively (any Hadoop file system); nothing without a JVM."""
+    fs = _hadoop_fs(spark, path.rstrip("/"))
+    if fs is not None and fs[0].exists(fs[1]):
+        fs[0].delete(fs[1], True)
 
 
 def atomic_save(
@@ -290,6 +309,38 @@ class GaussianMixtureReader(MLReader[Any]):
         return estimator
 
 
+# Stage classes a saved PipelineModel may name. PySpark's reader imports the module a
+# stage's metadata names, so an arbitrary name would import (run) arbitrary installed code.
+_TRUSTED_CLASS_PREFIXES = ("pyspark.ml.", "org.apache.spark.ml.", "spark_gmm.")
+
+
+def _check_stage_classes(path: str, spark: Any) -> None:
+    """Refuse a pipeline whose stages name classes outside Spark ML and spark_gmm."""
+    from pyspark.ml.pipeline import PipelineSharedReadWrite
+
+    try:
+        metadata = DefaultParamsReader.loadMetadata(path, _ml_context(spark))
+        uids = metadata["paramMap"]["stageUids"]
+    except Exception as exc:
+        raise ModelFormatError(
+            f"{path} is not a readable PipelineModel save ({short_error(exc)})."
+        ) from None
+    for index, uid in enumerate(uids):
+        stage = PipelineSharedReadWrite.getStagePath(uid, index, len(uids), f"{path}/stages")
+        try:
+            cls = str(DefaultParamsReader.loadMetadata(stage, _ml_context(spark))["class"])
+        except Exception as exc:
+            raise ModelFormatError(
+                f"{stage}: stage metadata is missing or unreadable ({short_error(exc)}). "
+                "Save the model again."
+            ) from None
+        if not cls.startswith(_TRUSTED_CLASS_PREFIXES):
+            raise ModelFormatError(
+                f"{stage} names the class {cls!r}, which is neither Spark ML nor spark_gmm; "
+                "refusing to import it. Only load models from trusted writers."
+            )
+
+
 def load_any_model(path: str, spark: Any) -> Any:
     """Load a saved ``GaussianMixtureModel`` or a ``PipelineModel`` ending with one.
 
@@ -315,6 +366,7 @@ def load_any_model(path: str, spark: Any) -> Any:
         model = GaussianMixtureModel.load(path)
         return model, model
     if cls.endswith("PipelineModel"):
+        _check_stage_classes(path.rstrip("/"), spark)
         pipeline = PipelineModel.load(path)
         last = pipeline.stages[-1] if pipeline.stages else None
         if isinstance(last, GaussianMixtureModel):

@@ -1,7 +1,8 @@
 """Fit and selection reports: ``report.json`` and, when matplotlib is installed, PNG plots.
 
 Written on the driver's local file system. Spark settings are included with every value
-whose key looks like a credential (secret, password, token, key) redacted.
+whose key looks like a credential (secret, password, token, key) redacted, and user
+information in URLs of the job's settings (``s3a://user:secret@bucket/...``) is masked.
 """
 
 from __future__ import annotations
@@ -16,17 +17,31 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["redact_conf", "write_fit_report", "write_selection_report"]
+__all__ = ["redact_conf", "redact_config", "write_fit_report", "write_selection_report"]
 
 log = logging.getLogger("spark_gmm")
 
 _SECRET = re.compile(r"secret|password|passwd|token|credential|key", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _PLOT_SAMPLE = 5000
 
 
 def redact_conf(pairs: list[tuple[str, str]]) -> dict[str, str]:
     """Spark settings with credential-like values replaced by ``*****(redacted)``."""
     return {k: ("*****(redacted)" if _SECRET.search(k) else v) for k, v in sorted(pairs)}
+
+
+def redact_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Job settings with ``user:password@`` in URLs masked (paths may carry credentials)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return _URL_USERINFO.sub("*****@", value)
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return {k: clean(v) for k, v in config.items()}
 
 
 def _versions() -> dict[str, str]:
@@ -58,7 +73,7 @@ def write_fit_report(
     out.mkdir(parents=True, exist_ok=True)
     s = gmm.summary
     report = {
-        "config": {k: v for k, v in asdict(config).items()},
+        "config": redact_config(asdict(config)),
         "params": {p.name: v for p, v in gmm.extractParamMap().items() if p.name != "initialModel"},
         "rows": {
             "read": s.numRows + s.numSkippedRows,
@@ -218,7 +233,7 @@ def write_selection_report(
     rows = [asdict(r) for r in selection.rows]
     best = selection.bestModel
     report = {
-        "config": asdict(config),
+        "config": redact_config(asdict(config)),
         "criterion": selection.criterion,
         "chosen": {"k": selection.bestK, "covariance_type": selection.bestCovarianceType},
         "candidates": rows,

@@ -28,7 +28,14 @@ from spark_gmm import gaussian
 from spark_gmm.em import GridCell, fit_grid
 from spark_gmm.engine import prepare
 from spark_gmm.errors import InvalidInputError
-from spark_gmm.estimator import GaussianMixture, GaussianMixtureModel, _MixtureFitParams
+from spark_gmm.estimator import (
+    _OVERFLOW,
+    GaussianMixture,
+    GaussianMixtureModel,
+    _check_memory,
+    _check_scale,
+    _MixtureFitParams,
+)
 from spark_gmm.gaussian import COVARIANCE_TYPES
 from spark_gmm.session import ensure_local_python_workers
 
@@ -284,6 +291,12 @@ class GaussianMixtureSelector(Estimator["GaussianMixtureSelectionModel"], _Selec
         grid = self._grid()
         ensure_local_python_workers(dataset.sparkSession)
         spec, columns = self._features(dataset)
+        # The guard counts every candidate of the grid: they share each pass.
+        _check_memory(
+            dataset.sparkSession,
+            [(k, t) for k, t in grid for _ in range(self.getNInit())],
+            spec.n_features,
+        )
         data = prepare(
             dataset,
             spec,
@@ -298,6 +311,8 @@ class GaussianMixtureSelector(Estimator["GaussianMixtureSelectionModel"], _Selec
                     f"kValues include k={k_max}, more than the number of usable rows "
                     f"({data.n_rows}). Use smaller k values."
                 )
+            if data.summary is not None:
+                _check_scale(data.summary, spec, k_max, self.getRegCovar())
             cells = fit_grid(
                 data,
                 grid,
@@ -311,6 +326,8 @@ class GaussianMixtureSelector(Estimator["GaussianMixtureSelectionModel"], _Selec
                 checkpoint=self._checkpointer(data, spec, {"grid": [[k, t] for k, t in grid]}),
                 resume=self.getResumeFromCheckpoint(),
             )
+        except FloatingPointError:
+            raise InvalidInputError(_OVERFLOW) from None
         finally:
             data.release()
         models: dict[tuple[int, str], GaussianMixtureModel] = {}

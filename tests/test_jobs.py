@@ -203,7 +203,9 @@ def test_spark_submit_fit_and_score_with_report(table, tmp_path):
     )
     assert missing.returncode == 2
     errors = [line for line in missing.stdout.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "AnalysisException: [PATH_NOT_FOUND]" in errors[0], errors
+    assert len(errors) == 1 and f"input path {tmp_path / 'nope'} does not exist" in errors[0], (
+        errors
+    )
     assert "Traceback" not in missing.stdout and "\tat org.apache" not in missing.stdout
     assert not (tmp_path / "o2").exists()
     bad_col = _submit(

@@ -1,0 +1,226 @@
+"""Memory guard: refuse, before any Spark job runs, a fit that cannot fit in memory.
+
+One EM data pass keeps, in every task (one Python worker working through one
+partition), a dense float64 block of rows, the broadcast parameters of every candidate,
+per-block work arrays (log-densities, responsibilities, centred rows) and the statistics
+vectors of every candidate; the driver receives the reduced statistics and runs the
+M-step. For full covariances all of these grow as k·d², so a large k·d² fails late and
+obscurely (an executor killed for memory, a driver OOM) unless it is caught up front.
+
+:func:`estimate_memory` gives the bytes of one pass for a list of candidates (the
+``nInit`` restarts, or a model-selection grid), :func:`check_memory` compares them with
+limits, and :func:`memory_limits` derives those limits from the Spark conf:
+
+* executor (per task): half of ``spark.executor.pyspark.memory`` when it is set (it
+  bounds the Python workers), else half of ``spark.executor.memory`` (default 1g),
+  divided by the tasks an executor runs at once (``spark.executor.cores`` /
+  ``spark.task.cpus``, default 1). In local mode the workers run beside the driver, so
+  ``spark.driver.memory`` stands in for ``spark.executor.memory``.
+* driver: half of ``spark.driver.memory`` (default 1g).
+
+Half, because the estimate counts only the large arrays: the interpreter, numpy,
+pyarrow and Spark's own buffers need the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from spark_gmm.errors import MemoryGuardError
+
+__all__ = ["check_memory", "estimate_memory", "format_bytes", "memory_limits"]
+
+_FLOAT = 8  # bytes per float64
+_FRACTION = 0.5
+_DEFAULT_MEMORY = "1g"
+_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+def _sizes(k: int, covariance_type: str, d: int) -> tuple[int, int, int, int]:
+    """Float counts of one candidate.
+
+    Returns
+    -------
+    flat : int
+        Its statistics vector (what travels to the driver; full/tied as upper triangles).
+    scatter : int
+        Its unpacked scatter (or covariance) arrays.
+    params : int
+        Its broadcast parameters (weights, means, Cholesky factors of the precisions).
+    work : int
+        Per-row work floats of its E-step and accumulation (times the block's rows).
+    """
+    if covariance_type not in _COVARIANCE_TYPES:
+        raise ValueError(
+            f"covariance_type must be one of {', '.join(_COVARIANCE_TYPES)}; "
+            f"got {covariance_type!r}."
+        )
+    tri = d * (d + 1) // 2
+    packed = {"full": k * tri, "tied": tri}.get(covariance_type, k * d)
+    scatter = {"full": k * d * d, "tied": d * d}.get(covariance_type, k * d)
+    chol = {"full": k * d * d, "tied": d * d, "diag": k * d}.get(covariance_type, k)
+    flat = 2 + 2 * k + k * d + packed
+    params = k + k * d + chol
+    # log-densities, responsibilities, weighted responsibilities, log-sum-exp temporary
+    # (n x k each); whitened / centred / scaled rows of one component (n x d each).
+    work = 4 * k + 3 * d
+    return flat, scatter, params, work
+
+
+def estimate_memory(
+    shapes: Sequence[tuple[int, str]], n_features: int, *, block_rows: int
+) -> tuple[int, int]:
+    """Peak bytes of one data pass computing the statistics of every candidate.
+
+    Parameters
+    ----------
+    shapes : sequence of (k, covariance_type)
+        The candidates advanced together in the pass (e.g. ``nInit`` copies of one shape,
+        or a model-selection grid).
+    n_features : int
+        d, the dense length of a row.
+    block_rows : int
+        Rows per cached block (``spark.sql.execution.arrow.maxRecordsPerBatch``).
+
+    Returns
+    -------
+    executor_bytes : int
+        In one task: the dense block (and its Arrow copy), the broadcast parameters
+        (pickled and unpickled), the statistics vectors of all candidates, and the
+        largest candidate's scatter arrays and per-block work arrays.
+    driver_bytes : int
+        The reduced statistics vectors (received, unpickled, summed), the broadcast
+        parameters it pickles, and for every candidate its M-step arrays (scatter,
+        covariances, precisions and their Cholesky factors, temporaries).
+    """
+    d = int(n_features)
+    n = max(1, int(block_rows))
+    if d < 1 or not shapes:
+        return 0, 0
+    sizes = [_sizes(int(k), ct, d) for k, ct in shapes]
+    total_flat = sum(s[0] for s in sizes)
+    total_params = sum(s[2] for s in sizes)
+    block = 2 * n * (d + 1)
+    largest = max(s[1] + s[0] + n * s[3] for s in sizes)
+    executor = block + 2 * total_params + 3 * total_flat + largest
+    m_step = sum(4 * s[1] + 2 * int(k) * d + int(k) for s, (k, _) in zip(sizes, shapes))
+    driver = 4 * total_flat + 2 * total_params + m_step
+    return executor * _FLOAT, driver * _FLOAT
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` → ``'1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _describe(shapes: Sequence[tuple[int, str]]) -> str:
+    distinct = list(dict.fromkeys((int(k), ct) for k, ct in shapes))
+    text = ", ".join(f"k={k} {ct}" for k, ct in distinct[:4])
+    if len(distinct) > 4:
+        text += f", … ({len(distinct)} shapes)"
+    return f"{len(shapes)} candidate(s) ({text})"
+
+
+def check_memory(
+    shapes: Sequence[tuple[int, str]],
+    n_features: int,
+    *,
+    block_rows: int,
+    executor_limit: int,
+    driver_limit: int,
+) -> None:
+    """Raise :class:`~spark_gmm.errors.MemoryGuardError` when a pass would not fit.
+
+    Parameters
+    ----------
+    shapes, n_features, block_rows :
+        As for :func:`estimate_memory`.
+    executor_limit, driver_limit : int
+        Bytes available to one executor task and to the driver (see :func:`memory_limits`).
+
+    Raises
+    ------
+    MemoryGuardError
+        With the estimated bytes per executor task and on the driver, both limits and
+        what to try.
+    """
+    executor, driver = estimate_memory(shapes, n_features, block_rows=block_rows)
+    if executor <= executor_limit and driver <= driver_limit:
+        return
+    d = int(n_features)
+    # The part that scales with the rows of a block (the dense block and work arrays).
+    per_row = (
+        estimate_memory(shapes, d, block_rows=2)[0] - estimate_memory(shapes, d, block_rows=1)[0]
+    )
+    rows_part = per_row * max(1, int(block_rows))
+    hints = [
+        "a smaller k",
+        "covarianceType='diag'",
+        "fewer features (e.g. PCA)",
+        "more memory (spark.executor.memory / spark.executor.pyspark.memory, spark.driver.memory)",
+    ]
+    if executor > executor_limit and rows_part > executor / 2:
+        hints.insert(0, "smaller blocks (spark.sql.execution.arrow.maxRecordsPerBatch)")
+    raise MemoryGuardError(
+        f"Not enough memory for {_describe(shapes)} on d={d} features (dense blocks of "
+        f"{int(block_rows)} rows): one EM pass needs about {format_bytes(executor)} per "
+        f"executor task (limit {format_bytes(executor_limit)}) and {format_bytes(driver)} "
+        f"on the driver (limit {format_bytes(driver_limit)}). Try {', '.join(hints[:-1])} "
+        f"or {hints[-1]}."
+    )
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def _parse_memory(value: str, default_unit: str = "m") -> int:
+    """A JVM memory string (``'512m'``, ``'2g'``, ``'1024'`` = MiB) in bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgtp]?)b?\s*", str(value).lower())
+    if not match:
+        raise ValueError(f"not a memory size: {value!r}")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[unit or default_unit])
+
+
+def _conf(spark: Any, key: str) -> str | None:
+    try:
+        value = spark.conf.get(key, None)
+    except Exception:  # a key the session cannot read (e.g. over Spark Connect)
+        return None
+    return None if value in (None, "") else str(value)
+
+
+def memory_limits(spark: Any) -> tuple[int, int]:
+    """(executor_limit, driver_limit) in bytes from the session's Spark conf.
+
+    See the module docstring for the rule. Settings that cannot be read or parsed fall
+    back to the defaults (1g).
+    """
+
+    def memory(key: str) -> int | None:
+        value = _conf(spark, key)
+        try:
+            return None if value is None else _parse_memory(value)
+        except ValueError:
+            return None
+
+    default = _parse_memory(_DEFAULT_MEMORY)
+    driver = memory("spark.driver.memory") or default
+    local = (_conf(spark, "spark.master") or "").startswith("local")
+    executor = memory("spark.executor.pyspark.memory") or (
+        driver if local else memory("spark.executor.memory") or default
+    )
+    tasks = 1
+    if not local:
+        try:
+            cores = int(_conf(spark, "spark.executor.cores") or 1)
+            tasks = max(1, cores // max(1, int(_conf(spark, "spark.task.cpus") or 1)))
+        except ValueError:
+            tasks = 1
+    return int(_FRACTION * executor / tasks), int(_FRACTION * driver)

@@ -1,0 +1,120 @@
+"""The memory guard (spark_gmm.guards), without Spark."""
+
+from __future__ import annotations
+
+import pytest
+
+from spark_gmm.errors import InvalidInputError, MemoryGuardError
+from spark_gmm.gaussian import SufficientStatistics
+from spark_gmm.guards import check_memory, estimate_memory, format_bytes, memory_limits
+
+GIB = 1 << 30
+
+
+def test_estimate_counts_the_statistics_and_the_block():
+    k, d, rows = 8, 50, 1000
+    executor, driver = estimate_memory([(k, "full")], d, block_rows=rows)
+    flat = SufficientStatistics.flat_size("full", k, d) * 8
+    block = rows * d * 8
+    # At least the block, the statistics vector and the k unpacked d x d scatters.
+    assert executor >= block + flat + k * d * d * 8, executor
+    assert driver >= flat + k * d * d * 8, driver
+    # ... and not absurdly more (a small multiple of the big arrays).
+    assert executor < 10 * (block + flat + k * d * d * 8), executor
+
+
+def test_estimate_grows_with_candidates_and_covariance_type():
+    one = estimate_memory([(10, "full")], 100, block_rows=100)
+    four = estimate_memory([(10, "full")] * 4, 100, block_rows=100)
+    assert four[0] > one[0] and four[1] > 3 * one[1], (one, four)
+    sizes = [estimate_memory([(10, ct)], 100, block_rows=100)[1] for ct in ("full", "diag")]
+    assert sizes[0] > 20 * sizes[1], sizes  # k*d^2 against k*d
+    # A grid of shapes is the sum of its parts on the driver.
+    grid = estimate_memory([(5, "full"), (10, "diag")], 100, block_rows=100)[1]
+    parts = sum(estimate_memory([s], 100, block_rows=100)[1] for s in [(5, "full"), (10, "diag")])
+    assert grid == parts
+
+
+def test_estimate_quadratic_in_d_for_full():
+    small = estimate_memory([(4, "full")], 500, block_rows=10)[1]
+    large = estimate_memory([(4, "full")], 1000, block_rows=10)[1]
+    assert 3.5 < large / small < 4.5, large / small
+
+
+def test_estimate_rejects_unknown_covariance_type():
+    with pytest.raises(ValueError, match="covariance_type must be one of"):
+        estimate_memory([(2, "banana")], 3, block_rows=10)
+
+
+def test_check_memory_passes_small_and_names_everything_when_too_large():
+    check_memory([(3, "full")] * 4, 10, block_rows=10_000, executor_limit=GIB, driver_limit=GIB)
+    with pytest.raises(MemoryGuardError) as info:
+        check_memory(
+            [(100, "full")] * 4, 2000, block_rows=10_000, executor_limit=GIB, driver_limit=GIB
+        )
+    msg = str(info.value)
+    assert isinstance(info.value, InvalidInputError)
+    assert "\n" not in msg
+    executor, driver = estimate_memory([(100, "full")] * 4, 2000, block_rows=10_000)
+    assert f"{format_bytes(executor)} per executor task (limit 1.0 GiB)" in msg, msg
+    assert f"{format_bytes(driver)} on the driver (limit 1.0 GiB)" in msg, msg
+    assert "4 candidate(s) (k=100 full) on d=2000 features" in msg
+    for hint in ("smaller k", "covarianceType='diag'", "PCA", "spark.executor.memory"):
+        assert hint in msg, msg
+
+
+def test_check_memory_dense_block_too_large_suggests_smaller_blocks():
+    # A sparse vector column of size 1e6 densified in blocks of 10,000 rows: 80 GB.
+    with pytest.raises(MemoryGuardError, match="maxRecordsPerBatch") as info:
+        check_memory(
+            [(1, "diag")], 1_000_000, block_rows=10_000, executor_limit=GIB, driver_limit=GIB
+        )
+    assert "dense blocks of 10000 rows" in str(info.value)
+
+
+def test_check_memory_driver_limit_alone():
+    executor, driver = estimate_memory([(20, "full")], 300, block_rows=100)
+    check_memory([(20, "full")], 300, block_rows=100, executor_limit=executor, driver_limit=driver)
+    with pytest.raises(MemoryGuardError, match="on the driver"):
+        check_memory(
+            [(20, "full")], 300, block_rows=100, executor_limit=executor, driver_limit=driver - 1
+        )
+
+
+class _Conf:
+    def __init__(self, values):
+        self.values = values
+
+    def get(self, key, default=None):
+        return self.values.get(key, default)
+
+
+class _Session:
+    def __init__(self, **values):
+        self.conf = _Conf({k.replace("_", "."): v for k, v in values.items()})
+
+
+def test_memory_limits_from_the_conf():
+    # Defaults: 1g each, half of it.
+    assert memory_limits(_Session()) == (GIB // 2, GIB // 2)
+    cluster = _Session(
+        spark_master="spark://h:7077",
+        spark_executor_memory="8g",
+        spark_executor_cores="4",
+        spark_driver_memory="4096m",
+    )
+    assert memory_limits(cluster) == (GIB, 2 * GIB)  # 8g / 2 / 4 tasks; 4g / 2
+    # spark.executor.pyspark.memory bounds the Python workers when set; cpus per task count.
+    py = _Session(
+        spark_master="yarn",
+        spark_executor_memory="8g",
+        spark_executor_pyspark_memory="2g",
+        spark_executor_cores="4",
+        spark_task_cpus="2",
+    )
+    assert memory_limits(py)[0] == GIB // 2
+    # Local mode: the workers run beside the driver; its memory stands in.
+    local = _Session(spark_master="local[2]", spark_driver_memory="2g")
+    assert memory_limits(local) == (GIB, GIB)
+    # Unparseable values fall back to the default.
+    assert memory_limits(_Session(spark_driver_memory="lots"))[1] == GIB // 2
