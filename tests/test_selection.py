@@ -268,3 +268,27 @@ def test_select_job_saves_the_best_model_and_report(spark, shaped_df, tmp_path):
     report = json.loads((report_dir / "report.json").read_text())
     assert report["chosen"] == {"k": 3, "covariance_type": "full"}
     assert (report_dir / "selection.png").stat().st_size > 10_000
+
+
+def test_memory_guard_counts_the_whole_grid(spark):
+    """Each candidate alone fits the limits; the grid, whose candidates share every pass,
+    does not: refused up front, before any Spark job."""
+    from spark_gmm.errors import MemoryGuardError
+    from spark_gmm.guards import estimate_memory, memory_limits
+
+    d = 300
+    cols = [f"c{i}" for i in range(d)]
+    df = spark.createDataFrame([tuple(float(i + j) for j in range(d)) for i in range(3)], cols)
+    executor_limit, driver_limit = memory_limits(spark)
+    one = estimate_memory([(60, "full")], d, block_rows=10_000)
+    assert one[0] < executor_limit and one[1] < driver_limit
+    sc = spark.sparkContext
+    sc.setJobGroup("grid-guard", "grid memory guard")
+    try:
+        with pytest.raises(MemoryGuardError, match=r"one EM pass needs about .* per executor"):
+            GaussianMixtureSelector(
+                kValues=list(range(1, 61)), covarianceTypes=["full"], inputCols=cols
+            ).fit(df)
+    finally:
+        sc.setJobGroup("", "")
+    assert list(sc.statusTracker().getJobIdsForGroup("grid-guard")) == []
