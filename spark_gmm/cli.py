@@ -299,6 +299,34 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _training_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the jobs that fit (fit, select): how the training rows are used."""
+    p.add_argument("--weight-col", dest="weight_col")
+    p.add_argument(
+        "--standardize",
+        action="store_const",
+        const=True,
+        help="scale features (StandardScaler), saved with the model",
+    )
+
+
+def _estimator_flags(p: argparse.ArgumentParser, output_help: str, report_help: str) -> None:
+    """Estimator settings, outputs and checkpoints of the jobs that fit (fit, select)."""
+    p.add_argument("--max-iter", dest="max_iter", type=int)
+    p.add_argument("--tol", type=float)
+    p.add_argument("--reg-covar", dest="reg_covar", type=float)
+    p.add_argument("--init")
+    p.add_argument("--n-init", dest="n_init", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--handle-invalid", dest="handle_invalid")
+    p.add_argument("--output", help=output_help)
+    p.add_argument(
+        "--overwrite", action="store_const", const=True, help="replace an existing model directory"
+    )
+    p.add_argument("--report", help=report_help)
+    _checkpoint_flags(p)
+
+
 def _checkpoint_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint-dir",
@@ -327,39 +355,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit a model and save it")
     _input_flags(fit)
-    fit.add_argument("--weight-col", dest="weight_col")
-    fit.add_argument(
-        "--standardize",
-        action="store_const",
-        const=True,
-        help="scale features (StandardScaler), saved with the model",
-    )
+    _training_flags(fit)
     fit.add_argument("--k", type=int)
     fit.add_argument("--covariance-type", dest="covariance_type")
-    fit.add_argument("--max-iter", dest="max_iter", type=int)
-    fit.add_argument("--tol", type=float)
-    fit.add_argument("--reg-covar", dest="reg_covar", type=float)
-    fit.add_argument("--init")
-    fit.add_argument("--n-init", dest="n_init", type=int)
-    fit.add_argument("--seed", type=int)
-    fit.add_argument("--handle-invalid", dest="handle_invalid")
-    fit.add_argument("--output", help="model directory to write")
-    fit.add_argument(
-        "--overwrite", action="store_const", const=True, help="replace an existing model directory"
-    )
-    fit.add_argument("--report", help="directory for report.json and plots")
-    _checkpoint_flags(fit)
+    _estimator_flags(fit, "model directory to write", "directory for report.json and plots")
     select = sub.add_parser(
         "select", help="fit a grid of k and covariance types, save the best by BIC/AIC"
     )
     _input_flags(select)
-    select.add_argument("--weight-col", dest="weight_col")
-    select.add_argument(
-        "--standardize",
-        action="store_const",
-        const=True,
-        help="scale features (StandardScaler), saved with the model",
-    )
+    _training_flags(select)
     select.add_argument("--k", help="k values: a range 1..10 or a list 2,4,8 (default 1..10)")
     select.add_argument(
         "--covariance-types",
@@ -367,19 +371,11 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated, any of full,tied,diag,spherical (default: all four)",
     )
     select.add_argument("--criterion", help="bic (default) or aic; the lowest wins")
-    select.add_argument("--max-iter", dest="max_iter", type=int)
-    select.add_argument("--tol", type=float)
-    select.add_argument("--reg-covar", dest="reg_covar", type=float)
-    select.add_argument("--init")
-    select.add_argument("--n-init", dest="n_init", type=int)
-    select.add_argument("--seed", type=int)
-    select.add_argument("--handle-invalid", dest="handle_invalid")
-    select.add_argument("--output", help="directory for the best model")
-    select.add_argument(
-        "--overwrite", action="store_const", const=True, help="replace an existing model directory"
+    _estimator_flags(
+        select,
+        "directory for the best model",
+        "directory for report.json, selection.csv and plots",
     )
-    select.add_argument("--report", help="directory for report.json, selection.csv and plots")
-    _checkpoint_flags(select)
     score = sub.add_parser("score", help="apply a saved model to a table")
     _input_flags(score)
     score.add_argument("--model", help="model directory written by 'fit'")

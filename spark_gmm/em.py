@@ -394,6 +394,38 @@ def _start(
     return candidates, 0, []
 
 
+def _run(
+    data: DataSource,
+    grid: Sequence[tuple[int, str]],
+    *,
+    max_iter: int,
+    tol: float,
+    reg_covar: float,
+    checkpoint: Checkpointer | None,
+    resume: bool,
+    initial_params: MixtureParameters | None = None,
+    **init: Any,
+) -> tuple[list[Candidate], list[float]]:
+    """Start (or resume) the candidates of ``grid`` and run EM on all of them together.
+
+    Returns the candidates in their final state and the wall time of every EM pass.
+    """
+    candidates, done, seconds = _start(
+        data, grid, checkpoint, resume, initial_params, reg_covar=reg_covar, **init
+    )
+    seconds = _iterate(
+        data,
+        candidates,
+        max_iter=max_iter,
+        tol=tol,
+        reg_covar=reg_covar,
+        done_iterations=done,
+        seconds=seconds,
+        checkpoint=checkpoint,
+    )
+    return candidates, seconds
+
+
 def _best_result(starts: Sequence[Candidate], iteration_seconds: list[float]) -> EMResult:
     """The result of one (k, type): its start with the best final log-likelihood."""
     done = [c for c in starts if c.error is None]
@@ -464,27 +496,19 @@ def fit_em(
     result : EMResult
     """
     start = time.perf_counter()
-    candidates, done, seconds = _start(
+    candidates, seconds = _run(
         data,
         [(k, covariance_type)],
-        checkpoint,
-        resume,
-        initial_params,
+        max_iter=max_iter,
+        tol=tol,
         reg_covar=reg_covar,
+        checkpoint=checkpoint,
+        resume=resume,
+        initial_params=initial_params,
         init_mode=init_mode,
         n_init=n_init,
         seed=seed,
         init_sample_size=init_sample_size,
-    )
-    seconds = _iterate(
-        data,
-        candidates,
-        max_iter=max_iter,
-        tol=tol,
-        reg_covar=reg_covar,
-        done_iterations=done,
-        seconds=seconds,
-        checkpoint=checkpoint,
     )
     if all(c.error is not None for c in candidates):
         first = candidates[0].error
@@ -544,26 +568,18 @@ def fit_grid(
         In the order of ``grid``.
     """
     start = time.perf_counter()
-    candidates, done, seconds = _start(
+    candidates, seconds = _run(
         data,
         grid,
-        checkpoint,
-        resume,
+        max_iter=max_iter,
+        tol=tol,
         reg_covar=reg_covar,
+        checkpoint=checkpoint,
+        resume=resume,
         init_mode=init_mode,
         n_init=n_init,
         seed=seed,
         init_sample_size=init_sample_size,
-    )
-    seconds = _iterate(
-        data,
-        candidates,
-        max_iter=max_iter,
-        tol=tol,
-        reg_covar=reg_covar,
-        done_iterations=done,
-        seconds=seconds,
-        checkpoint=checkpoint,
     )
     cells = []
     for k, covariance_type in grid:

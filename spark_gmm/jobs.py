@@ -161,19 +161,7 @@ def build_fit_pipeline(config: Any) -> tuple[Any, Any]:
     from spark_gmm import GaussianMixture
 
     gm = GaussianMixture(logLikelihoodCol="log_likelihood")
-    settings = {
-        "k": config.k,
-        "covarianceType": config.covariance_type,
-        "maxIter": config.max_iter,
-        "tol": config.tol,
-        "regCovar": config.reg_covar,
-        "initMode": config.init,
-        "nInit": config.n_init,
-        "seed": config.seed,
-        "handleInvalid": config.handle_invalid,
-        **_checkpoint_settings(config),
-    }
-    gm.setParams(**{k: v for k, v in settings.items() if v is not None})
+    _set_estimator_params(gm, config, k=config.k, covarianceType=config.covariance_type)
     return _with_feature_stages(config, gm), gm
 
 
@@ -187,7 +175,14 @@ def build_select_pipeline(config: Any) -> tuple[Any, Any]:
         criterion=config.criterion,
         logLikelihoodCol="log_likelihood",
     )
+    _set_estimator_params(selector, config)
+    return _with_feature_stages(config, selector), selector
+
+
+def _set_estimator_params(estimator: Any, config: Any, **extra: Any) -> None:
+    """The job's estimator settings; those left unset keep the estimator's defaults."""
     settings = {
+        **extra,
         "maxIter": config.max_iter,
         "tol": config.tol,
         "regCovar": config.reg_covar,
@@ -195,18 +190,11 @@ def build_select_pipeline(config: Any) -> tuple[Any, Any]:
         "nInit": config.n_init,
         "seed": config.seed,
         "handleInvalid": config.handle_invalid,
-        **_checkpoint_settings(config),
-    }
-    selector.setParams(**{k: v for k, v in settings.items() if v is not None})
-    return _with_feature_stages(config, selector), selector
-
-
-def _checkpoint_settings(config: Any) -> dict[str, Any]:
-    return {
         "checkpointDir": config.checkpoint_dir or None,
         "checkpointInterval": config.checkpoint_interval,
         "resumeFromCheckpoint": True if config.resume else None,
     }
+    estimator.setParams(**{k: v for k, v in settings.items() if v is not None})
 
 
 def _with_feature_stages(config: Any, final: Any) -> Any:

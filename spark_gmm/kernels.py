@@ -37,15 +37,19 @@ from spark_gmm.gaussian import (
 Array = NDArray[np.float64]
 
 
+def _strip_covariances(task: EMTask | ScoreTask) -> None:
+    """Only weights, means and Cholesky factors travel to the executors: the covariances
+    are needed by the M-step alone, which runs on the driver."""
+    if task.params.covariances.size:
+        object.__setattr__(task, "params", replace(task.params, covariances=np.empty(0)))
+
+
 @dataclass(frozen=True)
 class EMTask:
     params: MixtureParameters
 
     def __post_init__(self) -> None:
-        # Only weights, means and Cholesky factors travel to the executors: the
-        # covariances are needed by the M-step alone, which runs on the driver.
-        if self.params.covariances.size:
-            object.__setattr__(self, "params", replace(self.params, covariances=np.empty(0)))
+        _strip_covariances(self)
 
     @property
     def flat_size(self) -> int:
@@ -125,8 +129,7 @@ class ScoreTask:
     params: MixtureParameters
 
     def __post_init__(self) -> None:
-        if self.params.covariances.size:
-            object.__setattr__(self, "params", replace(self.params, covariances=np.empty(0)))
+        _strip_covariances(self)
 
     @property
     def flat_size(self) -> int:

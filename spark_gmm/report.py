@@ -44,6 +44,16 @@ def redact_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: clean(v) for k, v in config.items()}
 
 
+def _spark_section(spark: Any) -> dict[str, Any]:
+    """The Spark application, master, version and (redacted) settings of a report."""
+    return {
+        "app_id": spark.sparkContext.applicationId,
+        "master": spark.sparkContext.master,
+        "version": spark.version,
+        "conf": redact_conf(spark.sparkContext.getConf().getAll()),
+    }
+
+
 def _versions() -> dict[str, str]:
     import pyarrow
     import pyspark
@@ -95,12 +105,7 @@ def write_fit_report(
         "means": gmm.means.tolist(),
         "cluster_sizes": s.clusterSizes,
         "candidate_log_likelihoods": s.candidateLogLikelihoods,
-        "spark": {
-            "app_id": spark.sparkContext.applicationId,
-            "master": spark.sparkContext.master,
-            "version": spark.version,
-            "conf": redact_conf(spark.sparkContext.getConf().getAll()),
-        },
+        "spark": _spark_section(spark),
         "versions": _versions(),
         "wall_seconds": seconds,
     }
@@ -245,12 +250,7 @@ def write_selection_report(
             "rows": best.summary.numRows,
             "skipped_rows": best.summary.numSkippedRows,
         },
-        "spark": {
-            "app_id": spark.sparkContext.applicationId,
-            "master": spark.sparkContext.master,
-            "version": spark.version,
-            "conf": redact_conf(spark.sparkContext.getConf().getAll()),
-        },
+        "spark": _spark_section(spark),
         "versions": _versions(),
         "wall_seconds": seconds,
     }
