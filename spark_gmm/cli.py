@@ -63,13 +63,12 @@ class InputConfig:
 
 
 @dataclass
-class FitConfig(InputConfig):
-    """Settings of ``spark-gmm fit``. Estimator settings left unset keep its defaults."""
+class TrainConfig(InputConfig):
+    """Settings shared by the jobs that fit (``fit``, ``select``). Estimator settings left
+    unset keep the estimator's defaults."""
 
     weight_col: str = ""
     standardize: bool = False
-    k: int | None = None
-    covariance_type: str | None = None
     max_iter: int | None = None
     tol: float | None = None
     reg_covar: float | None = None
@@ -86,32 +85,25 @@ class FitConfig(InputConfig):
 
 
 @dataclass
-class SelectConfig(InputConfig):
+class FitConfig(TrainConfig):
+    """Settings of ``spark-gmm fit``."""
+
+    k: int | None = None
+    covariance_type: str | None = None
+
+
+@dataclass
+class SelectConfig(TrainConfig):
     """Settings of ``spark-gmm select``: a grid of k and covariance types, best by BIC/AIC.
 
     ``k`` is a range ``"1..10"``, a list ``"2,4,8"`` / ``[2, 4, 8]`` or one number.
     """
 
-    weight_col: str = ""
-    standardize: bool = False
     k: Any = "1..10"
     covariance_types: list[str] = field(
         default_factory=lambda: ["full", "tied", "diag", "spherical"]
     )
     criterion: str = "bic"
-    max_iter: int | None = None
-    tol: float | None = None
-    reg_covar: float | None = None
-    init: str | None = None
-    n_init: int | None = None
-    seed: int | None = None
-    handle_invalid: str | None = None
-    output: str = ""
-    overwrite: bool = False
-    report: str = ""
-    checkpoint_dir: str = ""
-    checkpoint_interval: int | None = None
-    resume: bool = False
 
 
 @dataclass
@@ -256,15 +248,9 @@ def load_config(cls: type, path: str | None, overrides: dict[str, Any]) -> Any:
             )
         if config.criterion not in ("bic", "aic"):
             raise ConfigError(f"'criterion' must be bic or aic; got {config.criterion!r}.")
-    if (
-        isinstance(config, (FitConfig, SelectConfig))
-        and config.resume
-        and not config.checkpoint_dir
-    ):
+    if isinstance(config, TrainConfig) and config.resume and not config.checkpoint_dir:
         raise ConfigError("'resume' needs 'checkpoint_dir' (where the checkpoint is).")
-    if isinstance(config, (FitConfig, SelectConfig)) and not (
-        config.features or config.features_col
-    ):
+    if isinstance(config, TrainConfig) and not (config.features or config.features_col):
         raise ConfigError(
             "give 'features' (numeric columns) or 'features_col' (a vector column) to fit."
         )
