@@ -666,6 +666,8 @@ def _accumulate_weighted_t(XT: Array, weighted_resp_t: Array, stats: SufficientS
     n = XT.shape[1]
     covariance_type = stats.covariance_type
     stats.nk += weighted_resp_t.sum(axis=1)
+    if covariance_type == "tied":
+        _accumulate_tied_scatter_t(XT, weighted_resp_t, stats.centres, stats.scatter)
     # One scratch array for every component's residuals: a fresh multi-MB array per
     # component costs page faults measured as slow as the arithmetic on it.
     scratch = np.empty_like(XT)
@@ -683,18 +685,60 @@ def _accumulate_weighted_t(XT: Array, weighted_resp_t: Array, stats: SufficientS
             diff = scratch
             np.subtract(XT, stats.centres[j][:, None], out=diff)
         stats.sk[j] += diff @ r
-        if covariance_type in ("full", "tied"):
+        if covariance_type == "tied":
+            continue  # scatter done above, for all components at once
+        if covariance_type == "full":
             # (sqrt(r) * diff)(sqrt(r) * diff)': numpy computes A @ A.T with a symmetric
             # rank-k update (half the flops of a general product).
             diff *= np.sqrt(r)
-            outer = diff @ diff.T
-            if covariance_type == "full":
-                stats.scatter[j] += outer
-            else:
-                stats.scatter += outer
+            stats.scatter[j] += diff @ diff.T
         else:
             diff *= diff
             stats.scatter[j] += diff @ r
+
+
+def _accumulate_tied_scatter_t(
+    XT: Array, weighted_resp_t: Array, centres: Array, scatter: Array
+) -> None:
+    """Add ``sum_j sum_i w_i r_ij (x_i - c_j)(x_i - c_j)'`` to the tied ``scatter`` (d, d).
+
+    One d x d product instead of one per component. With ``m_i = sum_j r_ij c_j`` (each
+    row's responsibility-weighted centre) and ``sum_j r_ij = 1``, the cross terms vanish:
+
+        sum_j r_ij (x_i - c_j)(x_i - c_j)' = (x_i - m_i)(x_i - m_i)'
+                                           + 1/2 sum_jl r_ij r_il (c_j - c_l)(c_j - c_l)'
+
+    Nothing is subtracted from a large sum: the first term is formed from residuals (with
+    the centres taken relative to their mean, so rows far from the origin keep their
+    digits), the second from the k x k non-negative overlaps ``sum_i w_i r_ij r_il`` and
+    differences of centres.
+
+    Parameters
+    ----------
+    XT : ndarray of shape (d, n)
+    weighted_resp_t : ndarray of shape (k, n)
+        ``w_i * r_ij``; each column sums to the row's weight ``w_i``.
+    centres : ndarray of shape (k, d)
+    scatter : ndarray of shape (d, d)
+        Updated in place.
+    """
+    weights = weighted_resp_t.sum(axis=0)
+    live = weights > 0
+    if not live.all():
+        XT, weighted_resp_t, weights = XT[:, live], weighted_resp_t[:, live], weights[live]
+    if weights.size == 0:
+        return
+    ref = centres.mean(axis=0)
+    offsets = centres - ref
+    resp_t = weighted_resp_t / weights
+    resid = XT - ref[:, None]
+    resid -= offsets.T @ resp_t
+    resid *= np.sqrt(weights)
+    scatter += resid @ resid.T
+    overlap = resp_t @ weighted_resp_t.T
+    np.fill_diagonal(overlap, 0.0)
+    pairs = offsets[:, None, :] - offsets[None, :, :]
+    scatter += 0.5 * np.einsum("jl,jla,jlb->ab", overlap, pairs, pairs)
 
 
 def block_statistics(
