@@ -318,6 +318,24 @@ def _sample_bytes(blocks: Blocks, payload: tuple[int, float]) -> bytes:
     return np.column_stack([X, w, u]).tobytes()
 
 
+# Every EM pass runs one Python task per cached partition, and a task costs tens of
+# milliseconds before any arithmetic (measured here: a pass over 1M rows in 200
+# partitions took 6.4 s against 0.59 s in 4). More partitions than this many per core
+# are merged (without a shuffle) before caching.
+PARTITIONS_PER_CORE = 4
+
+
+def _fewer_partitions(packed):
+    """``packed`` with at most PARTITIONS_PER_CORE x the session's default parallelism
+    partitions (coalesced, no shuffle); unchanged when it has fewer."""
+    sc = packed.sparkSession.sparkContext
+    limit = PARTITIONS_PER_CORE * max(1, sc.defaultParallelism)
+    if packed.rdd.getNumPartitions() > limit:
+        log.info("merging the input's partitions into %d for the EM passes", limit)
+        return packed.coalesce(limit)
+    return packed
+
+
 def prepare(
     df,
     spec: FeatureSpec,
@@ -353,6 +371,8 @@ def prepare(
     packed = df.select(*columns).mapInArrow(pack, PACKED_SCHEMA_DDL)
     if use_rdd is None:
         use_rdd = not is_connect(df)
+    if use_rdd:
+        packed = _fewer_partitions(packed)
     cache_cls = RddBlocks if use_rdd else DataFrameBlocks
     spark = df.sparkSession
     with job_description(spark, "validate and cache the input"):

@@ -250,6 +250,9 @@ def test_both_caches_and_many_partitions_give_the_same_model(spark, data, use_rd
     df = _frame(spark, X, partitions=40)
     spec, columns = resolve_features(df, COLS, "features", None)
     prepared = prepare(df, spec, columns, "error", aggregation_depth=2, use_rdd=use_rdd)
+    if use_rdd:
+        # 40 input partitions are merged into 4 per core (local[2]) for the EM passes.
+        assert prepared.cache.num_partitions == 4 * spark.sparkContext.defaultParallelism
     try:
         result = fit_em(prepared, 3, "full", seed=4)
     finally:
