@@ -371,11 +371,12 @@ def prepare(
     packed = df.select(*columns).mapInArrow(pack, PACKED_SCHEMA_DDL)
     if use_rdd is None:
         use_rdd = not is_connect(df)
-    if use_rdd:
-        packed = _fewer_partitions(packed)
     cache_cls = RddBlocks if use_rdd else DataFrameBlocks
     spark = df.sparkSession
     with job_description(spark, "validate and cache the input"):
+        if use_rdd:
+            # Counting the partitions may run a job (e.g. after a repartition).
+            packed = _fewer_partitions(packed)
         cache = cache_cls(packed, spec.n_features, StorageLevel.MEMORY_AND_DISK)
         try:
             meta = cache.metadata()

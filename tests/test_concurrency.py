@@ -120,7 +120,9 @@ def test_two_fits_in_two_threads_do_not_interfere(spark, frames):
         # Every EM pass of this thread, labelled with this thread's maxIter, and no other.
         assert sorted(int(i) for i, _ in iterations) == list(range(1, max_iter + 1)), descriptions
         assert {int(n) for _, n in iterations} == {max_iter}, descriptions
-        assert all(d.startswith("spark_gmm: ") for d in descriptions), descriptions
+        assert all(d.startswith("spark_gmm: ") for d in descriptions), [
+            d for d in descriptions if not d.startswith("spark_gmm: ")
+        ]
         spans[name] = (min(s for _, s, _ in jobs), max(c for _, _, c in jobs))
     (a0, a1), (b0, b1) = spans.values()
     print(f"[concurrency] job spans (ms): {spans}")
