@@ -34,7 +34,7 @@ average is recorded at the start and end).
 
 Usage::
 
-    python benchmarks/bench_suite.py            # everything, full sizes (~1 hour here)
+    python benchmarks/bench_suite.py            # everything, full sizes (~24 min, --repeats 2)
     python benchmarks/bench_suite.py --quick    # < 3 minutes
     python benchmarks/bench_suite.py --cases full,scaling
 
