@@ -241,29 +241,39 @@ def _plan(config: Any, df: Any, what: str) -> str:
     return "\n".join(lines)
 
 
-def run_fit(spark: Any, config: Any) -> Any:
-    """Fit, save the model (atomically), write the report; returns the fitted model."""
-    from spark_gmm.data import resolve_features
-    from spark_gmm.persistence import atomic_save
-
-    started = time.perf_counter()
+def _check_model_output(spark: Any, config: Any) -> None:
+    """Before reading anything: the model directory may be written (fit, select)."""
     _check_not_input(config, output_path=config.output)
     if config.output and not config.overwrite and _exists(spark, config.output):
         raise JobError(
             f"model directory {config.output} already exists; set overwrite = true "
             "(--overwrite) to replace it, or choose another output."
         )
-    df = read_input(spark, config)
-    estimator, gm = build_fit_pipeline(config)
-    gm._validate_params()
+
+
+def _check_training_columns(df: Any, config: Any) -> None:
+    """Schema checks before any Spark job (also when --standardize puts a pipeline first)."""
+    from spark_gmm.data import resolve_features
+
     check_feature_types(df, config.features)
-    # Schema checks before any Spark job (also when --standardize puts a pipeline first).
     resolve_features(
         df,
         config.features or None,
         config.features_col or "features",
         config.weight_col or None,
     )
+
+
+def run_fit(spark: Any, config: Any) -> Any:
+    """Fit, save the model (atomically), write the report; returns the fitted model."""
+    from spark_gmm.persistence import atomic_save
+
+    started = time.perf_counter()
+    _check_model_output(spark, config)
+    df = read_input(spark, config)
+    estimator, gm = build_fit_pipeline(config)
+    gm._validate_params()
+    _check_training_columns(df, config)
     if config.dry_run:
         print(_plan(config, df, f"fit k={gm.getK()} {gm.getCovarianceType()}"))
         print(f"  output:   {config.output or '(not saved)'}")
@@ -297,26 +307,14 @@ def run_select(spark: Any, config: Any) -> Any:
     """
     from pyspark.ml import PipelineModel
 
-    from spark_gmm.data import resolve_features
     from spark_gmm.persistence import atomic_save
 
     started = time.perf_counter()
-    _check_not_input(config, output_path=config.output)
-    if config.output and not config.overwrite and _exists(spark, config.output):
-        raise JobError(
-            f"model directory {config.output} already exists; set overwrite = true "
-            "(--overwrite) to replace it, or choose another output."
-        )
+    _check_model_output(spark, config)
     df = read_input(spark, config)
     estimator, selector = build_select_pipeline(config)
     grid = selector._grid()
-    check_feature_types(df, config.features)
-    resolve_features(
-        df,
-        config.features or None,
-        config.features_col or "features",
-        config.weight_col or None,
-    )
+    _check_training_columns(df, config)
     if config.dry_run:
         ks = ",".join(map(str, config.k))
         print(
