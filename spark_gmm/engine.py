@@ -143,7 +143,16 @@ class RddBlocks:
         # One conversion of the packed DataFrame (a row per block) to an RDD; the block
         # metadata stays with the data so that the metadata query below is the action
         # that fills the cache.
-        self.rdd = packed_df.rdd.map(lambda row: _unpack_row(row, d)).persist(storage_level)
+        rows = packed_df.rdd
+        # Every EM pass runs one Python task per cached partition, and a task costs tens
+        # of milliseconds before any arithmetic (measured here: a pass over 1M rows in 200
+        # partitions took 6.4 s against 0.59 s in 4). More partitions than
+        # PARTITIONS_PER_CORE per core are merged (without a shuffle) before caching.
+        limit = PARTITIONS_PER_CORE * max(1, self._sc.defaultParallelism)
+        if rows.getNumPartitions() > limit:
+            log.info("merging the input's partitions into %d for the EM passes", limit)
+            rows = rows.coalesce(limit)
+        self.rdd = rows.map(lambda row: _unpack_row(row, d)).persist(storage_level)
         self.num_partitions = self.rdd.getNumPartitions()
 
     def metadata(self) -> list[tuple[int, bytes, int]]:
@@ -318,22 +327,8 @@ def _sample_bytes(blocks: Blocks, payload: tuple[int, float]) -> bytes:
     return np.column_stack([X, w, u]).tobytes()
 
 
-# Every EM pass runs one Python task per cached partition, and a task costs tens of
-# milliseconds before any arithmetic (measured here: a pass over 1M rows in 200
-# partitions took 6.4 s against 0.59 s in 4). More partitions than this many per core
-# are merged (without a shuffle) before caching.
+# See RddBlocks: at most this many cached partitions per core for the EM passes.
 PARTITIONS_PER_CORE = 4
-
-
-def _fewer_partitions(packed):
-    """``packed`` with at most PARTITIONS_PER_CORE x the session's default parallelism
-    partitions (coalesced, no shuffle); unchanged when it has fewer."""
-    sc = packed.sparkSession.sparkContext
-    limit = PARTITIONS_PER_CORE * max(1, sc.defaultParallelism)
-    if packed.rdd.getNumPartitions() > limit:
-        log.info("merging the input's partitions into %d for the EM passes", limit)
-        return packed.coalesce(limit)
-    return packed
 
 
 def prepare(
@@ -374,9 +369,6 @@ def prepare(
     cache_cls = RddBlocks if use_rdd else DataFrameBlocks
     spark = df.sparkSession
     with job_description(spark, "validate and cache the input"):
-        if use_rdd:
-            # Counting the partitions may run a job (e.g. after a repartition).
-            packed = _fewer_partitions(packed)
         cache = cache_cls(packed, spec.n_features, StorageLevel.MEMORY_AND_DISK)
         try:
             meta = cache.metadata()

@@ -264,9 +264,25 @@ def _check_training_columns(df: Any, config: Any) -> None:
     )
 
 
+def _save_model(spark: Any, config: Any, model: Any) -> None:
+    """Save the fitted model (or pipeline) atomically to ``config.output``, if given."""
+    from spark_gmm.persistence import atomic_save
+
+    if config.output:
+        atomic_save(
+            spark, config.output, lambda p: model.write().save(p), overwrite=config.overwrite
+        )
+        print(f"model:  {config.output}")
+
+
+def _print_report_paths(paths: list[str]) -> None:
+    print(f"report: {paths[0]}")
+    for extra in paths[1:]:
+        print(f"        {extra}")
+
+
 def run_fit(spark: Any, config: Any) -> Any:
     """Fit, save the model (atomically), write the report; returns the fitted model."""
-    from spark_gmm.persistence import atomic_save
 
     started = time.perf_counter()
     _check_model_output(spark, config)
@@ -283,18 +299,12 @@ def run_fit(spark: Any, config: Any) -> Any:
     fitted.logLikelihoodQuantiles = _log_likelihood_quantiles(model, df)
     seconds = time.perf_counter() - started
     print(summary_text(fitted, seconds))
-    if config.output:
-        atomic_save(
-            spark, config.output, lambda p: model.write().save(p), overwrite=config.overwrite
-        )
-        print(f"model:  {config.output}")
+    _save_model(spark, config, model)
     if config.report:
         from spark_gmm.report import write_fit_report
 
         paths = write_fit_report(config.report, spark, config, model, fitted, df, seconds)
-        print(f"report: {paths[0]}")
-        for extra in paths[1:]:
-            print(f"        {extra}")
+        _print_report_paths(paths)
     log.info("fit job done in %.1f s", time.perf_counter() - started)
     return model
 
@@ -306,8 +316,6 @@ def run_select(spark: Any, config: Any) -> Any:
     PipelineModel ending with one under --standardize).
     """
     from pyspark.ml import PipelineModel
-
-    from spark_gmm.persistence import atomic_save
 
     started = time.perf_counter()
     _check_model_output(spark, config)
@@ -335,18 +343,12 @@ def run_select(spark: Any, config: Any) -> Any:
     best.logLikelihoodQuantiles = _log_likelihood_quantiles(model, df)
     seconds = time.perf_counter() - started
     print(selection_text(selection, seconds))
-    if config.output:
-        atomic_save(
-            spark, config.output, lambda p: model.write().save(p), overwrite=config.overwrite
-        )
-        print(f"model:  {config.output}")
+    _save_model(spark, config, model)
     if config.report:
         from spark_gmm.report import write_selection_report
 
         paths = write_selection_report(config.report, spark, config, selection, seconds)
-        print(f"report: {paths[0]}")
-        for extra in paths[1:]:
-            print(f"        {extra}")
+        _print_report_paths(paths)
     log.info("select job done in %.1f s", time.perf_counter() - started)
     return fitted
 
