@@ -17,7 +17,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TextIO
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -385,6 +385,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler bound to whatever ``sys.stderr`` is when a record is emitted.
+
+    Notebooks and test runners swap ``sys.stderr``; a handler holding the stream of the
+    first ``main`` call would later write to a closed file.
+    """
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def _log_to_stderr() -> None:
     """Progress lines (one per EM iteration) on stderr, where spark-submit shows them.
 
@@ -392,7 +408,7 @@ def _log_to_stderr() -> None:
     py4j under spark-submit) has configured the root logger first.
     """
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         log.addHandler(handler)
         log.propagate = False

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from spark_gmm.engine import is_connect
 from spark_gmm.errors import GaussianMixtureError
 
 __all__ = ["JobError", "is_user_error", "run_fit", "run_score", "run_select"]
@@ -42,6 +43,18 @@ def is_user_error(exc: BaseException) -> bool:
 
 def read_input(spark: Any, config: Any) -> Any:
     """The input DataFrame: a catalog table or a path in any Spark format, filtered."""
+    missing = JobError(
+        f"input path {config.input} does not exist. Check 'input' (--input) and 'format'."
+    )
+    # Checked before the read: Spark's reader logs a Java stack trace for a missing path
+    # before it fails. Glob patterns, and Connect sessions (no JVM here), are left to it.
+    if (
+        not config.table
+        and not any(c in config.input for c in "*?[{")
+        and not is_connect(spark)
+        and not _exists(spark, config.input)
+    ):
+        raise missing
     try:
         if config.table:
             df = spark.table(config.table)
@@ -55,9 +68,7 @@ def read_input(spark: Any, config: Any) -> Any:
     except Exception as exc:
         text = str(exc)
         if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
-            raise JobError(
-                f"input path {config.input} does not exist. Check 'input' (--input) and 'format'."
-            ) from None
+            raise missing from None
         if "TABLE_OR_VIEW_NOT_FOUND" in text:
             raise JobError(
                 f"input table {config.table} does not exist. Check 'table' (--table, e.g. "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -35,3 +36,14 @@ def spark():
 @pytest.fixture(scope="session")
 def mixture_data():
     return make_mixture()
+
+
+@pytest.fixture(autouse=True)
+def _restore_spark_gmm_logger():
+    """In-process ``cli.main`` calls attach a stderr handler; keep it from leaking."""
+    logger = logging.getLogger("spark_gmm")
+    state = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = state[0]
+    logger.setLevel(state[1])  # clears the loggers' level caches too
+    logger.propagate = state[2]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,9 @@ def test_driver_killed_with_sigkill_then_resumed_equals_uninterrupted(
     script.write_text(_DRIVER)
     checkpoints = tmp_path / "ckpt"
     state_file = checkpoints / "em_state.json"
+    pool = ThreadPoolExecutor(max_workers=1)
+    # The uninterrupted reference, in this process's session while the child runs.
+    reference = pool.submit(lambda: _estimator().fit(read()))
     proc = subprocess.Popen(
         [sys.executable, str(script), path, str(checkpoints)],
         stdout=subprocess.DEVNULL,
@@ -184,12 +188,13 @@ def test_driver_killed_with_sigkill_then_resumed_equals_uninterrupted(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+        pool.shutdown()
     assert proc.returncode == -signal.SIGKILL
     killed_at = json.loads(state_file.read_text())["iteration"]
     assert 3 <= killed_at < 15, "the fit was not killed mid-way"
 
     resumed = _estimator(checkpointDir=str(checkpoints), resumeFromCheckpoint=True).fit(read())
-    uninterrupted = _estimator().fit(read())
+    uninterrupted = reference.result()
     assert resumed.summary.numIter == uninterrupted.summary.numIter == 15
     assert rel_err(resumed.means, uninterrupted.means) < 1e-9
     assert rel_err(resumed.covariances, uninterrupted.covariances) < 1e-9

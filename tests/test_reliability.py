@@ -681,4 +681,20 @@ def test_output_equal_to_input(job, inputs, tmp_path):
         job("fit", "--input", good, "--features", "a,b", "--report", good),
         f"refusing to write the report to {good}",
     )
+    # Catalog tables: the names are compared before anything is read.
+    table = ("--table", "lake.events", "--output-table", "LAKE.Events")
+    failed(
+        job("score", *table, "--model", inputs["model"]),
+        "refusing to write table LAKE.Events: it is the job's input",
+    )
     assert snapshot(good) == before
+
+
+def test_unknown_feature_column(job, inputs, tmp_path):
+    out = tmp_path / "model"
+    error = failed(
+        job("fit", "--input", inputs["good"], "--features", "a,zz", "--output", out),
+        "Feature column 'zz' is not in the input",
+    )
+    assert "available columns" in error
+    assert not out.exists()

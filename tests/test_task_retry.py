@@ -2,10 +2,13 @@
 
 The fit runs in a child process with its own ``local[2,4]`` session (two cores, up to 4
 attempts per task: the shared ``local[2]`` session of the other tests gives a task one
-attempt only). Once the fit logs EM iteration 3, the test SIGKILLs one of the session's
-Python worker processes while it computes (state R in ``/proc``: an idle worker sleeps
-on its socket), checks in the Spark log that a task failed because of it and was retried,
-and compares the final model with an uninterrupted fit of the same files.
+attempt only). Catching a worker "while it computes" by polling ``/proc`` is a race that
+a loaded machine loses (an EM task here lasts milliseconds), so the child's workers run a
+thin wrapper around pyspark's worker (``spark.python.worker.module``): once a task's
+bytes have arrived, a worker that claims the trigger file writes its pid and waits inside
+that task. After EM iteration 3 the test creates the trigger, SIGKILLs the pid it gets,
+checks in the Spark log that the task failed because of it and was retried, and compares
+the final model with an uninterrupted fit of the same files.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from spark_gmm import GaussianMixture
 
 pytestmark = [
     pytest.mark.skipif(
-        not Path("/proc/self/stat").exists(), reason="finds the Python workers through /proc"
+        not Path("/proc/self/stat").exists(), reason="checks the Python workers through /proc"
     ),
     pytest.mark.filterwarnings("ignore:EM did not converge"),  # tol=0 on purpose
 ]
@@ -44,6 +46,28 @@ MAX_ITER = 20
 PARAMS = dict(k=4, seed=5, maxIter=MAX_ITER, tol=0.0, nInit=1, inputCols=FEATURES)
 TIMEOUT = 240.0
 
+# pyspark's daemon only accepts a worker module whose name starts with "pyspark".
+WORKER_MODULE = "pyspark_gmm_test_worker"
+WORKER = """
+import os
+import time
+
+from pyspark.worker import main as pyspark_main
+
+
+def main(infile, outfile):
+    infile.peek(1)  # blocks until the JVM sends a task: from here on we are inside it
+    trigger = os.environ["SPARK_GMM_TEST_TRIGGER"]
+    try:
+        os.rename(trigger, trigger + ".claimed")  # atomic: exactly one worker claims it
+    except FileNotFoundError:
+        return pyspark_main(infile, outfile)
+    with open(trigger + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(trigger + ".tmp", trigger + ".pid")
+    time.sleep(600)  # the test kills us here
+"""
+
 DRIVER = """
 import json, logging, sys
 from pyspark.sql import SparkSession
@@ -55,6 +79,7 @@ spark = (
     .config("spark.ui.enabled", "false")
     .config("spark.sql.shuffle.partitions", "4")
     .config("spark.default.parallelism", "4")
+    .config("spark.python.worker.module", sys.argv[3])
     .getOrCreate()
 )
 handler = logging.StreamHandler(sys.stderr)
@@ -82,37 +107,22 @@ def _write_parquet(path: Path) -> None:
         pq.write_table(table, path / f"part-{part:05d}.parquet")
 
 
-def _python_workers(driver_pid: int) -> list[int]:
-    """Forked task workers: ``pyspark.daemon`` processes whose parent is the daemon."""
-    daemons = {
-        pid for pid in probes.descendants(driver_pid) if "pyspark.daemon" in probes.cmdline(pid)
-    }
-    return [pid for pid in daemons if any(pid in probes.children(d) for d in daemons)]
-
-
-def _kill_a_busy_worker(driver_pid: int, timeout: float = 30.0) -> int | None:
-    """SIGKILL the first Python worker seen computing (state R); its pid, or None."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in _python_workers(driver_pid):
-            if probes.state(pid) == "R":
-                os.kill(pid, signal.SIGKILL)
-                return pid
-        time.sleep(0.002)
-    return None
-
-
 def test_a_python_worker_killed_inside_a_task_is_retried(spark, tmp_path):
     data = tmp_path / "input"
     _write_parquet(data)
     err_path = tmp_path / "driver.err"
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
+    (tmp_path / f"{WORKER_MODULE}.py").write_text(WORKER)
+    trigger = tmp_path / "kill-the-next-task"
+    pid_file = tmp_path / "kill-the-next-task.pid"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_"))}
     env["PYSPARK_PYTHON"] = sys.executable
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+    env["SPARK_GMM_TEST_TRIGGER"] = str(trigger)
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, str(script), str(data), json.dumps(PARAMS)],
+            [sys.executable, str(script), str(data), json.dumps(PARAMS), WORKER_MODULE],
             stdout=subprocess.PIPE,
             stderr=err,
             env=env,
@@ -130,16 +140,16 @@ def test_a_python_worker_killed_inside_a_task_is_retried(spark, tmp_path):
             lambda: "EM iteration 3/" in log() or proc.poll() is not None, TIMEOUT, 0.05
         ), log()[-3000:]
         assert proc.poll() is None, f"the fit ended before iteration 3:\n{log()[-3000:]}"
-        # A kill may land just after a task's result was sent (nothing fails then: the
-        # dead idle worker is not reused); try again until a task is seen failing.
-        killed: list[int] = []
-        for _ in range(5):
-            pid = _kill_a_busy_worker(proc.pid)
-            assert pid is not None, "no Python worker was seen computing"
-            killed.append(pid)
-            if probes.wait_for(lambda: "Lost task" in log(), 3.0):
-                break
+        trigger.touch()
+        assert probes.wait_for(lambda: pid_file.exists() or proc.poll() is not None, TIMEOUT)
+        assert pid_file.exists(), f"no task reached a Python worker:\n{log()[-3000:]}"
+        pid = int(pid_file.read_text())
+        # It is one of the child's forked Python workers, and it holds a task: the pass
+        # cannot finish, so the iteration logged last is the one the kill interrupts.
+        assert pid in probes.descendants(proc.pid), pid
+        assert "pyspark.daemon" in probes.cmdline(pid), probes.cmdline(pid)
         iteration_at_kill = max(int(i) for i in re.findall(r"EM iteration (\d+)/", log()))
+        os.kill(pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=TIMEOUT)
         reference = future.result()
     finally:
@@ -150,7 +160,7 @@ def test_a_python_worker_killed_inside_a_task_is_retried(spark, tmp_path):
     text = log()
     assert proc.returncode == 0, text[-5000:]
     lost = [line for line in text.splitlines() if "Lost task" in line]
-    print(f"[task retry] killed Python workers {killed} after iteration {iteration_at_kill}")
+    print(f"[task retry] killed Python worker {pid} after iteration {iteration_at_kill}")
     print("\n".join(lost))
     assert lost, text[-5000:]
     assert "Python worker exited unexpectedly" in lost[0], lost
