@@ -53,6 +53,11 @@ def _cached_settled(ui_port: int, expect_empty: bool = True, timeout: float = 20
         time.sleep(0.25)
 
 
+# The selection grid run over Connect and on the classic session (the test imports these).
+SELECT_K = [2, 3, 4]
+SELECT_TYPES = ["full", "diag"]
+
+
 def _params(model: Any) -> dict[str, Any]:
     return {
         "weights": list(model.weights),
@@ -85,7 +90,7 @@ def main(cfg: dict[str, Any]) -> dict[str, Any]:
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from spark_gmm import GaussianMixture
+    from spark_gmm import GaussianMixture, GaussianMixtureSelector
     from spark_gmm.engine import is_connect
     from spark_gmm.errors import InvalidInputError
 
@@ -127,6 +132,19 @@ def main(cfg: dict[str, Any]) -> dict[str, Any]:
             # The same model on an ml Vector column.
             "scored_vector": _scored(model_arr, vec_df),
         }
+
+        # Model selection: the grid's passes, its table DataFrame and its best model.
+        selection = GaussianMixtureSelector(
+            kValues=SELECT_K, covarianceTypes=SELECT_TYPES, inputCols=cols, seed=cfg["seed"]
+        ).fit(df)
+        table = selection.table.orderBy("k", "covarianceType").toPandas()
+        out["selection"] = {
+            "best": [selection.bestK, selection.bestCovarianceType],
+            "params": _params(selection.bestModel),
+            "table": {c: table[c].tolist() for c in ("k", "covarianceType", "bic", "chosen")},
+            "scored_rows": selection.transform(df).count(),
+        }
+        out["cached_after_selection"] = _cached_settled(ui)
 
         # Invalid input is reported on the client, and the cache is released then too.
         nan_x0 = F.when(F.col("id") == 7, F.lit(float("nan"))).otherwise(F.col("x0"))

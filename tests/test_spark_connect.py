@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from connect_client import SELECT_K, SELECT_TYPES
 from helpers import free_port, make_mixture, rel_err
 from pyspark.sql import functions as F
 
-from spark_gmm import GaussianMixture, GaussianMixtureModel
+from spark_gmm import GaussianMixture, GaussianMixtureModel, GaussianMixtureSelector
 
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 CLIENT = Path(__file__).resolve().parent / "connect_client.py"
@@ -231,6 +232,28 @@ def classic(spark):
         "array": GaussianMixture(k=CFG["k"], featuresCol="features", seed=CFG["seed"]).fit(arr_df),
     }
     return X, models
+
+
+def test_selection_over_connect_equals_classic(remote, spark):
+    X, _ = make_mixture(n=CFG["n"], d=CFG["d"], k=CFG["k"], seed=CFG["data_seed"])
+    pdf = pd.DataFrame(X, columns=COLS)
+    df = spark.createDataFrame(pdf).repartition(CFG["partitions"])
+    want = GaussianMixtureSelector(
+        kValues=SELECT_K, covarianceTypes=SELECT_TYPES, inputCols=COLS, seed=CFG["seed"]
+    ).fit(df)
+    got = remote["selection"]
+    assert got["best"] == [want.bestK, want.bestCovarianceType]
+    table = want.table.orderBy("k", "covarianceType").toPandas()
+    assert got["table"]["k"] == table["k"].tolist()
+    assert got["table"]["covarianceType"] == table["covarianceType"].tolist()
+    assert got["table"]["chosen"] == table["chosen"].tolist()
+    assert rel_err(got["table"]["bic"], table["bic"].to_numpy()) < 1e-9
+    best = want.bestModel
+    assert got["params"]["numIter"] == best.summary.numIter
+    for name in ("weights", "means", "covariances"):
+        assert rel_err(got["params"][name], getattr(best, name)) < 1e-9, name
+    assert got["scored_rows"] == CFG["n"]
+    assert remote["cached_after_selection"] == []
 
 
 def test_client_ran_over_connect(remote):
