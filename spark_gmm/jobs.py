@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -41,20 +42,32 @@ def is_user_error(exc: BaseException) -> bool:
 # ---------------------------------------------------------------------------
 
 
+def _missing_filesystem(text: str) -> str:
+    """What Hadoop says when a path's scheme has no FileSystem class on the classpath."""
+    match = re.search(r"No FileSystem for scheme \"?([\w.+-]+)\"?", text)
+    if match:
+        return f"no Hadoop FileSystem for the scheme '{match.group(1)}'"
+    match = re.search(r"Class (org\.apache\.hadoop\.[\w.]+FileSystem) not found", text)
+    if match:
+        return f"the Hadoop FileSystem class {match.group(1)} is not on the classpath"
+    return ""
+
+
 def read_input(spark: Any, config: Any) -> Any:
     """The input DataFrame: a catalog table or a path in any Spark format, filtered."""
     missing = JobError(
         f"input path {config.input} does not exist. Check 'input' (--input) and 'format'."
     )
     # Checked before the read: Spark's reader logs a Java stack trace for a missing path
-    # before it fails. Glob patterns, and Connect sessions (no JVM here), are left to it.
-    if (
-        not config.table
-        and not any(c in config.input for c in "*?[{")
-        and not is_connect(spark)
-        and not _exists(spark, config.input)
-    ):
-        raise missing
+    # before it fails. Glob patterns, Connect sessions (no JVM here) and paths the check
+    # cannot look at (e.g. a scheme without its connector) are left to the reader.
+    if not config.table and not any(c in config.input for c in "*?[{") and not is_connect(spark):
+        try:
+            found = _exists(spark, config.input)
+        except Exception:
+            found = True
+        if not found:
+            raise missing
     try:
         if config.table:
             df = spark.table(config.table)
@@ -69,6 +82,13 @@ def read_input(spark: Any, config: Any) -> Any:
         text = str(exc)
         if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
             raise missing from None
+        connector = _missing_filesystem(text)
+        if connector:
+            raise JobError(
+                f"cannot read {config.input}: {connector}. Add the connector's jars to the job "
+                "(e.g. spark-submit --packages org.apache.hadoop:hadoop-aws:<Spark's Hadoop "
+                "version> for s3a://), or copy the input to a file system Spark can read."
+            ) from None
         if "TABLE_OR_VIEW_NOT_FOUND" in text:
             raise JobError(
                 f"input table {config.table} does not exist. Check 'table' (--table, e.g. "

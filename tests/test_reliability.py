@@ -698,3 +698,16 @@ def test_unknown_feature_column(job, inputs, tmp_path):
     )
     assert "available columns" in error
     assert not out.exists()
+
+
+def test_input_on_a_file_system_without_its_connector(job, tmp_path):
+    """s3a:// with no hadoop-aws jar (the pyspark wheel ships none): one line, exit 2."""
+    out = tmp_path / "model"
+    error = failed(
+        job("fit", "--input", "s3a://bucket/events", "--features", "a,b", "--output", out),
+        "cannot read s3a://bucket/events",
+        "S3AFileSystem",
+        "--packages",
+    )
+    assert "Py4JJavaError" not in error
+    assert not out.exists()
