@@ -12,7 +12,7 @@ import logging
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -251,6 +251,69 @@ class _MixtureFitParams(
         )
 
 
+_Fit = TypeVar("_Fit", bound="_MixtureFitSetters")
+
+
+class _MixtureFitSetters(_MixtureFitParams):
+    """MLlib-style setters of the shared fit params, for the two estimators
+    (:class:`GaussianMixture` and :class:`~spark_gmm.GaussianMixtureSelector`); each
+    returns the estimator it was called on."""
+
+    def setMaxIter(self: _Fit, value: int) -> _Fit:
+        return self._set(maxIter=value)
+
+    def setTol(self: _Fit, value: float) -> _Fit:
+        return self._set(tol=value)
+
+    def setSeed(self: _Fit, value: int) -> _Fit:
+        return self._set(seed=value)
+
+    def setFeaturesCol(self: _Fit, value: str) -> _Fit:
+        return self._set(featuresCol=value)
+
+    def setInputCols(self: _Fit, value: list[str]) -> _Fit:
+        return self._set(inputCols=value)
+
+    def setPredictionCol(self: _Fit, value: str) -> _Fit:
+        return self._set(predictionCol=value)
+
+    def setProbabilityCol(self: _Fit, value: str) -> _Fit:
+        return self._set(probabilityCol=value)
+
+    def setWeightCol(self: _Fit, value: str) -> _Fit:
+        return self._set(weightCol=value)
+
+    def setAggregationDepth(self: _Fit, value: int) -> _Fit:
+        return self._set(aggregationDepth=value)
+
+    def setRegCovar(self: _Fit, value: float) -> _Fit:
+        return self._set(regCovar=value)
+
+    def setInitMode(self: _Fit, value: str) -> _Fit:
+        return self._set(initMode=value)
+
+    def setNInit(self: _Fit, value: int) -> _Fit:
+        return self._set(nInit=value)
+
+    def setLogLikelihoodCol(self: _Fit, value: str) -> _Fit:
+        return self._set(logLikelihoodCol=value)
+
+    def setHandleInvalid(self: _Fit, value: str) -> _Fit:
+        return self._set(handleInvalid=value)
+
+    def setInitSampleSize(self: _Fit, value: int) -> _Fit:
+        return self._set(initSampleSize=value)
+
+    def setCheckpointDir(self: _Fit, value: str) -> _Fit:
+        return self._set(checkpointDir=value)
+
+    def setCheckpointInterval(self: _Fit, value: int) -> _Fit:
+        return self._set(checkpointInterval=value)
+
+    def setResumeFromCheckpoint(self: _Fit, value: bool) -> _Fit:
+        return self._set(resumeFromCheckpoint=value)
+
+
 class _GaussianMixtureParams(_MixtureFitParams):
     """Params of :class:`GaussianMixture` and :class:`GaussianMixtureModel`."""
 
@@ -370,7 +433,11 @@ class GaussianMixtureSummary:
 
 
 class GaussianMixture(
-    Estimator["GaussianMixtureModel"], _GaussianMixtureParams, MLWritable, MLReadable[Any]
+    Estimator["GaussianMixtureModel"],
+    _GaussianMixtureParams,
+    _MixtureFitSetters,
+    MLWritable,
+    MLReadable[Any],
 ):
     """Gaussian mixture clustering fitted by distributed EM.
 
@@ -427,65 +494,11 @@ class GaussianMixture(
     def setK(self, value: int) -> GaussianMixture:
         return self._set(k=value)
 
-    def setMaxIter(self, value: int) -> GaussianMixture:
-        return self._set(maxIter=value)
-
-    def setTol(self, value: float) -> GaussianMixture:
-        return self._set(tol=value)
-
-    def setSeed(self, value: int) -> GaussianMixture:
-        return self._set(seed=value)
-
-    def setFeaturesCol(self, value: str) -> GaussianMixture:
-        return self._set(featuresCol=value)
-
-    def setInputCols(self, value: list[str]) -> GaussianMixture:
-        return self._set(inputCols=value)
-
-    def setPredictionCol(self, value: str) -> GaussianMixture:
-        return self._set(predictionCol=value)
-
-    def setProbabilityCol(self, value: str) -> GaussianMixture:
-        return self._set(probabilityCol=value)
-
-    def setWeightCol(self, value: str) -> GaussianMixture:
-        return self._set(weightCol=value)
-
-    def setAggregationDepth(self, value: int) -> GaussianMixture:
-        return self._set(aggregationDepth=value)
-
     def setCovarianceType(self, value: str) -> GaussianMixture:
         return self._set(covarianceType=value)
 
-    def setRegCovar(self, value: float) -> GaussianMixture:
-        return self._set(regCovar=value)
-
-    def setInitMode(self, value: str) -> GaussianMixture:
-        return self._set(initMode=value)
-
-    def setNInit(self, value: int) -> GaussianMixture:
-        return self._set(nInit=value)
-
     def setInitialModel(self, value: GaussianMixtureModel) -> GaussianMixture:
         return self._set(initialModel=value)
-
-    def setLogLikelihoodCol(self, value: str) -> GaussianMixture:
-        return self._set(logLikelihoodCol=value)
-
-    def setHandleInvalid(self, value: str) -> GaussianMixture:
-        return self._set(handleInvalid=value)
-
-    def setInitSampleSize(self, value: int) -> GaussianMixture:
-        return self._set(initSampleSize=value)
-
-    def setCheckpointDir(self, value: str) -> GaussianMixture:
-        return self._set(checkpointDir=value)
-
-    def setCheckpointInterval(self, value: int) -> GaussianMixture:
-        return self._set(checkpointInterval=value)
-
-    def setResumeFromCheckpoint(self, value: bool) -> GaussianMixture:
-        return self._set(resumeFromCheckpoint=value)
 
     def write(self) -> Any:
         """An ``MLWriter``: ``gm.write().overwrite().save(path)``; params as JSON."""

@@ -35,6 +35,7 @@ from spark_gmm.estimator import (
     _check_memory,
     _check_scale,
     _MixtureFitParams,
+    _MixtureFitSetters,
 )
 from spark_gmm.gaussian import COVARIANCE_TYPES
 from spark_gmm.session import ensure_local_python_workers
@@ -164,7 +165,9 @@ class _SelectorParams(_MixtureFitParams):
         return [(k, t) for t in types for k in ks]
 
 
-class GaussianMixtureSelector(Estimator["GaussianMixtureSelectionModel"], _SelectorParams):
+class GaussianMixtureSelector(
+    Estimator["GaussianMixtureSelectionModel"], _SelectorParams, _MixtureFitSetters
+):
     """Fit a grid of k by covariance types in shared data passes; keep the best by BIC/AIC.
 
     Every param of :class:`~spark_gmm.GaussianMixture` except ``k``, ``covarianceType``
@@ -224,60 +227,6 @@ class GaussianMixtureSelector(Estimator["GaussianMixtureSelectionModel"], _Selec
 
     def setCriterion(self, value: str) -> GaussianMixtureSelector:
         return self._set(criterion=value)
-
-    def setFeaturesCol(self, value: str) -> GaussianMixtureSelector:
-        return self._set(featuresCol=value)
-
-    def setInputCols(self, value: list[str]) -> GaussianMixtureSelector:
-        return self._set(inputCols=value)
-
-    def setWeightCol(self, value: str) -> GaussianMixtureSelector:
-        return self._set(weightCol=value)
-
-    def setPredictionCol(self, value: str) -> GaussianMixtureSelector:
-        return self._set(predictionCol=value)
-
-    def setProbabilityCol(self, value: str) -> GaussianMixtureSelector:
-        return self._set(probabilityCol=value)
-
-    def setMaxIter(self, value: int) -> GaussianMixtureSelector:
-        return self._set(maxIter=value)
-
-    def setTol(self, value: float) -> GaussianMixtureSelector:
-        return self._set(tol=value)
-
-    def setSeed(self, value: int) -> GaussianMixtureSelector:
-        return self._set(seed=value)
-
-    def setAggregationDepth(self, value: int) -> GaussianMixtureSelector:
-        return self._set(aggregationDepth=value)
-
-    def setRegCovar(self, value: float) -> GaussianMixtureSelector:
-        return self._set(regCovar=value)
-
-    def setInitMode(self, value: str) -> GaussianMixtureSelector:
-        return self._set(initMode=value)
-
-    def setNInit(self, value: int) -> GaussianMixtureSelector:
-        return self._set(nInit=value)
-
-    def setLogLikelihoodCol(self, value: str) -> GaussianMixtureSelector:
-        return self._set(logLikelihoodCol=value)
-
-    def setHandleInvalid(self, value: str) -> GaussianMixtureSelector:
-        return self._set(handleInvalid=value)
-
-    def setInitSampleSize(self, value: int) -> GaussianMixtureSelector:
-        return self._set(initSampleSize=value)
-
-    def setCheckpointDir(self, value: str) -> GaussianMixtureSelector:
-        return self._set(checkpointDir=value)
-
-    def setCheckpointInterval(self, value: int) -> GaussianMixtureSelector:
-        return self._set(checkpointInterval=value)
-
-    def setResumeFromCheckpoint(self, value: bool) -> GaussianMixtureSelector:
-        return self._set(resumeFromCheckpoint=value)
 
     def estimatorFor(self, k: int, covarianceType: str) -> GaussianMixture:
         """The :class:`GaussianMixture` whose fit is the grid's (k, covarianceType) cell."""
