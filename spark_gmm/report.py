@@ -111,18 +111,22 @@ def write_fit_report(
     }
     paths = [out / "report.json"]
     paths[0].write_text(json.dumps(report, indent=2, default=str))
+    if _can_plot("report.json written, plots skipped"):
+        paths += _plots(out, model, gmm, df)
+    return [str(p) for p in paths]
+
+
+def _can_plot(without_it: str) -> bool:
+    """Whether plots can be drawn (matplotlib, headless backend); else warn, saying what
+    the report still has (``without_it``)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
     except ImportError:
-        log.warning(
-            "matplotlib is not installed: report.json written, plots skipped "
-            "(pip install 'spark_gmm[plot]')."
-        )
-        return [str(p) for p in paths]
-    paths += _plots(out, model, gmm, df)
-    return [str(p) for p in paths]
+        log.warning("matplotlib is not installed: %s (pip install 'spark_gmm[plot]').", without_it)
+        return False
+    return True
 
 
 def _feature_sample(model: Any, gmm: Any, df: Any) -> np.ndarray:
@@ -260,17 +264,8 @@ def write_selection_report(
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-    except ImportError:
-        log.warning(
-            "matplotlib is not installed: report.json and selection.csv written, plot "
-            "skipped (pip install 'spark_gmm[plot]')."
-        )
-        return [str(p) for p in paths]
-    paths.append(_selection_plot(out / "selection.png", selection))
+    if _can_plot("report.json and selection.csv written, plot skipped"):
+        paths.append(_selection_plot(out / "selection.png", selection))
     return [str(p) for p in paths]
 
 
