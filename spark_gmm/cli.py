@@ -82,6 +82,9 @@ class TrainConfig(InputConfig):
     checkpoint_dir: str = ""
     checkpoint_interval: int | None = None
     resume: bool = False
+    cache_storage_level: str | None = None
+    block_dtype: str | None = None
+    max_block_size_mb: float | None = None
 
 
 @dataclass
@@ -135,6 +138,9 @@ _TYPES: dict[str, type] = {
     "handle_invalid": str,
     "criterion": str,
     "checkpoint_interval": int,
+    "cache_storage_level": str,
+    "block_dtype": str,
+    "max_block_size_mb": float,
 }
 
 
@@ -310,6 +316,23 @@ def _estimator_flags(p: argparse.ArgumentParser, output_help: str, report_help: 
         "--overwrite", action="store_const", const=True, help="replace an existing model directory"
     )
     p.add_argument("--report", help=report_help)
+    p.add_argument(
+        "--cache-storage-level",
+        dest="cache_storage_level",
+        help="where the input blocks stay between EM passes: MEMORY_AND_DISK (default), "
+        "DISK_ONLY, MEMORY_ONLY, ..., or NONE (re-read the input every pass)",
+    )
+    p.add_argument(
+        "--block-dtype",
+        dest="block_dtype",
+        help="float64 (default) or float32 (half the cache; statistics stay float64)",
+    )
+    p.add_argument(
+        "--max-block-size-mb",
+        dest="max_block_size_mb",
+        type=float,
+        help="MiB of features per cached block (default 0: automatic, 0.25)",
+    )
     _checkpoint_flags(p)
 
 

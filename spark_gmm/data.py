@@ -13,8 +13,9 @@ Two halves:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,15 +27,19 @@ __all__ = [
     "PACKED_SCHEMA_DDL",
     "FeatureSpec",
     "InputSummary",
+    "block_rows",
     "check_magnitude",
+    "iter_blocks",
     "pack_batches",
     "resolve_features",
     "summarize_blocks",
 ]
 
-# One row per block. ``bad`` holds an int64 count per entry of FeatureSpec.problem_labels,
-# then the rows read (int64), then each feature's min and max over the valid rows
-# (float64, d each): see _block_summary_bytes / summarize_blocks.
+# One row per block of ``n`` rows (``x``: features, ``w``: weights or empty), or per input
+# batch for its summary record (``n`` = 0): ``bad`` then holds an int64 count per entry of
+# FeatureSpec.problem_labels, the rows read (int64), then each feature's min and max over
+# the valid rows (float64, d each), and ``n_bad`` the invalid rows; see pack_batches and
+# summarize_blocks.
 PACKED_SCHEMA_DDL = "n long, x binary, w binary, bad binary, n_bad long"
 _PACKED_ARROW_SCHEMA = pa.schema(
     [
@@ -271,34 +276,93 @@ def batch_to_rows(
     return X, w, bad, counts
 
 
-def pack_batches(
-    batches: Iterator[pa.RecordBatch], spec: FeatureSpec, skip_invalid: bool
-) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` function: one packed block per input batch (see PACKED_SCHEMA_DDL).
+# Room left in a block's byte budget for what travels with its features (the weights
+# are counted separately) in the JVM: the pickle and array headers of the record.
+BLOCK_HEADER_BYTES = 4096
 
-    With ``skip_invalid`` false, a batch that has invalid rows keeps only its counts:
-    the fit will stop with an error naming them, so its rows are not worth caching.
+
+def block_rows(
+    n_features: int, max_block_bytes: int, dtype: str = "float64", has_weight: bool = False
+) -> int:
+    """Rows per cached block: as many as fit in ``max_block_bytes`` with their headers.
+
+    The block is the unit of memory of the whole engine: one Spark record in the cache,
+    one Arrow cell over Spark Connect, a slice of what one kernel call works on. Its
+    bytes, not the table's or a partition's size, bound what a task holds at once.
+    ``BLOCK_HEADER_BYTES`` are kept for the record's headers, so that blocks of a
+    quarter MiB pack four to a 1 MiB region of the JVM's heap instead of three.
     """
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = itemsize * max(1, int(n_features)) + (8 if has_weight else 0)
+    budget = int(max_block_bytes)
+    if budget > 2 * BLOCK_HEADER_BYTES:
+        budget -= BLOCK_HEADER_BYTES
+    return max(1, budget // row_bytes)
+
+
+def iter_blocks(
+    batches: Iterable[pa.RecordBatch],
+    spec: FeatureSpec,
+    skip_invalid: bool,
+    rows_per_block: int = 10_000,
+    dtype: str = "float64",
+    summaries_only: bool = False,
+) -> Iterator[tuple[int, NDArray[Any], NDArray[np.float64] | None, bytes, int]]:
+    """The input's Arrow batches as validated blocks ``(n, X, w, summary, n_bad)``.
+
+    Every input batch gives one *summary record* (``n`` = 0, no rows; ``summary`` holds
+    its problem counts, rows read and feature ranges, see :func:`summarize_blocks`;
+    ``n_bad`` its invalid rows) followed by its valid rows in blocks of at most
+    ``rows_per_block`` rows, with features stored as ``dtype`` (``"float64"``, or
+    ``"float32"`` to halve the cache; weights stay float64).
+
+    With ``skip_invalid`` false, a batch that has invalid rows keeps only its summary:
+    the fit will stop with an error naming them, so its rows are not worth keeping.
+    ``summaries_only`` yields the summary records alone.
+    """
+    step = max(1, int(rows_per_block))
+    d = spec.n_features
     for batch in batches:
         if batch.num_rows == 0:
             continue
         X, w, bad, counts = batch_to_rows(batch, spec)
         n_bad = int(bad.sum())
-        summary = _block_summary_bytes(X[~bad] if n_bad else X, counts, batch.num_rows)
-        if n_bad and not skip_invalid:
-            X, w = X[:0], None if w is None else w[:0]
-        elif n_bad:
+        if n_bad:
             X, w = X[~bad], None if w is None else w[~bad]
-        yield pa.RecordBatch.from_arrays(
-            [
-                pa.array([X.shape[0]], pa.int64()),
-                pa.array([np.ascontiguousarray(X).tobytes()], pa.binary()),
-                pa.array([b"" if w is None else np.ascontiguousarray(w).tobytes()], pa.binary()),
-                pa.array([summary], pa.binary()),
-                pa.array([n_bad], pa.int64()),
-            ],
-            schema=_PACKED_ARROW_SCHEMA,
-        )
+        summary = _block_summary_bytes(X, counts, batch.num_rows)
+        yield 0, np.empty((0, d), dtype=dtype), None, summary, n_bad
+        if summaries_only or (n_bad and not skip_invalid):
+            continue
+        for start in range(0, X.shape[0], step):
+            x = np.ascontiguousarray(X[start : start + step], dtype=dtype)
+            yield x.shape[0], x, None if w is None else w[start : start + step], b"", 0
+
+
+def pack_batches(
+    batches: Iterable[pa.RecordBatch],
+    spec: FeatureSpec,
+    skip_invalid: bool,
+    rows_per_block: int = 10_000,
+    dtype: str = "float64",
+) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` function: :func:`iter_blocks` as one packed record per block (see
+    PACKED_SCHEMA_DDL)."""
+    for n, X, w, summary, n_bad in iter_blocks(batches, spec, skip_invalid, rows_per_block, dtype):
+        wb = b"" if w is None else np.ascontiguousarray(w, dtype=np.float64).tobytes()
+        yield _packed_record(n, X.tobytes() if n else b"", wb, summary, n_bad)
+
+
+def _packed_record(n: int, x: bytes, w: bytes, summary: bytes, n_bad: int) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([n], pa.int64()),
+            pa.array([x], pa.binary()),
+            pa.array([w], pa.binary()),
+            pa.array([summary], pa.binary()),
+            pa.array([n_bad], pa.int64()),
+        ],
+        schema=_PACKED_ARROW_SCHEMA,
+    )
 
 
 def _block_summary_bytes(valid: NDArray[np.float64], counts: list[int], rows_read: int) -> bytes:
@@ -334,14 +398,24 @@ class InputSummary:
     col_min: NDArray[np.float64]
     col_max: NDArray[np.float64]
 
+    def to_bytes(self) -> bytes:
+        """The encoding :func:`summarize_blocks` reads (so partial summaries merge)."""
+        return (
+            np.asarray([*self.counts, self.rows_read], dtype=np.int64).tobytes()
+            + np.ascontiguousarray(self.col_min, dtype=np.float64).tobytes()
+            + np.ascontiguousarray(self.col_max, dtype=np.float64).tobytes()
+        )
 
-def summarize_blocks(raws: list[bytes], spec: FeatureSpec) -> InputSummary:
-    """Merge the per-block summaries written by :func:`pack_batches`."""
+
+def summarize_blocks(raws: Iterable[bytes], spec: FeatureSpec) -> InputSummary:
+    """Merge the summaries written by :func:`pack_batches` (empty ones are skipped)."""
     n_labels, d = len(spec.problem_labels), spec.n_features
     counts = np.zeros(n_labels, dtype=np.int64)
     rows_read = 0
     col_min, col_max = np.full(d, np.inf), np.full(d, -np.inf)
     for raw in raws:
+        if not raw:
+            continue
         ints = np.frombuffer(raw, dtype=np.int64, count=n_labels + 1)
         floats = np.frombuffer(raw, dtype=np.float64, offset=8 * (n_labels + 1))
         counts += ints[:n_labels]
@@ -424,8 +498,8 @@ def tiny_scale_features(
 
 
 def unpack_block(
-    n: int, x: bytes, w: bytes, d: int
-) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
-    """Inverse of the packing: zero-copy views over the bytes."""
-    X = np.frombuffer(x, dtype=np.float64).reshape(n, d)
+    n: int, x: bytes, w: bytes, d: int, dtype: str = "float64"
+) -> tuple[NDArray[Any], NDArray[np.float64] | None]:
+    """Inverse of the packing: zero-copy views over the bytes (features in ``dtype``)."""
+    X = np.frombuffer(x, dtype=dtype).reshape(n, d)
     return X, (np.frombuffer(w, dtype=np.float64) if w else None)

@@ -1,27 +1,39 @@
-"""Spark plumbing: convert and cache the input once, then run data passes over it.
+"""Spark plumbing: convert the input once into packed blocks, then run data passes.
 
 A data pass ships a list of tasks (:mod:`spark_gmm.kernels`) to the executors — by
 broadcast in a classic session, inside the function's closure over Spark Connect — runs
-them over every cached block of a partition, and brings back one small record per
-partition, which the driver adds up (through ``treeReduce`` with ``aggregationDepth``
-levels when there are many partitions).
+them over every block of a partition, and brings back one small record per partition,
+which the driver adds up (through ``treeReduce`` with ``aggregationDepth`` levels when
+there are many partitions).
 
-Two interchangeable caches, chosen by :func:`prepare`:
+Memory. Everything a task holds at once is bounded by the size of one *block* (at most
+``maxBlockSizeInMB`` of features, :func:`spark_gmm.data.block_rows`), never by the size
+of a partition or of the table: blocks are produced, cached and consumed as streams.
+Blocks stay well below half of G1's smallest heap region (1 MiB), so the JVM never
+stores them as "humongous" objects: Spark's serialized caches write 1 MiB chunks, which
+G1 stores in two 1 MiB regions (heaps under 4 GiB) or one 2 MiB region (4 to 8 GiB), so
+they occupy twice the memory Spark accounts for; that, not the data, is what ran an
+8M x 16 fit out of a 2 GiB heap (see docs/scaling.md).
 
-* ``RddBlocks`` (classic sessions, the default): an RDD of packed float64 blocks. Its
-  scan moves the cached bytes to the Python workers without an Arrow/row conversion and
-  was measured ~2x faster per pass than the DataFrame cache (see README, Performance).
-* ``DataFrameBlocks`` (Spark Connect, which has no RDD API): the same packed blocks in a
-  cached DataFrame, scanned with ``mapInArrow``.
+Three interchangeable block stores, chosen by :func:`prepare`:
 
-Both are built by the same vectorised Arrow UDF (``mapInArrow`` + :func:`pack_batches`).
+* ``RddBlocks`` (classic sessions): a persisted RDD of blocks at the input's own
+  partitioning, at ``cacheStorageLevel`` (``MEMORY_AND_DISK`` by default: one byte array
+  per block in the executors' storage memory, the rest spilled to local disk in the same
+  compact form and read back from there by every pass). Passes run over a coalesced view
+  of it, so there are not many more Python tasks than cores (each costs tens of ms).
+* ``DataFrameBlocks`` (Spark Connect, which has no RDD API): the same blocks in a
+  persisted DataFrame, scanned with ``mapInArrow``.
+* ``SourceBlocks`` (``cacheStorageLevel="NONE"``): nothing is cached; every pass reads
+  the input again and packs it inside the pass's own task, for inputs larger than the
+  cluster's memory and disk.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -36,19 +48,61 @@ from spark_gmm.data import (
     FeatureSpec,
     InputSummary,
     all_invalid_message,
+    block_rows,
     check_magnitude,
+    iter_blocks,
     pack_batches,
     summarize_blocks,
     unpack_block,
 )
 from spark_gmm.errors import InvalidInputError
 
-__all__ = ["PreparedData", "is_connect", "prepare"]
+__all__ = [
+    "BLOCK_DTYPES",
+    "STORAGE_LEVELS",
+    "CacheOptions",
+    "PreparedData",
+    "is_connect",
+    "merge_target",
+    "prepare",
+]
 
 log = logging.getLogger("spark_gmm")
 
 Array = NDArray[np.float64]
 Blocks = Iterator[tuple[Array, Array | None]]
+PassFn = Callable[[Blocks, Any], Array]
+
+# (useDisk, useMemory, useOffHeap, deserialized, replication), as Scala's StorageLevel
+# defines them: the cached records are JVM byte arrays, so the JVM's meaning of
+# "deserialized" applies (one array per block), not PySpark's.
+_STORAGE_LEVELS: dict[str, tuple[bool, bool, bool, bool, int] | None] = {
+    "MEMORY_AND_DISK": (True, True, False, True, 1),
+    "MEMORY_AND_DISK_2": (True, True, False, True, 2),
+    "MEMORY_AND_DISK_SER": (True, True, False, False, 1),
+    "MEMORY_ONLY": (False, True, False, True, 1),
+    "MEMORY_ONLY_2": (False, True, False, True, 2),
+    "MEMORY_ONLY_SER": (False, True, False, False, 1),
+    "DISK_ONLY": (True, False, False, False, 1),
+    "DISK_ONLY_2": (True, False, False, False, 2),
+    "DISK_ONLY_3": (True, False, False, False, 3),
+    "OFF_HEAP": (True, True, True, False, 1),
+    "NONE": None,
+}
+STORAGE_LEVELS = tuple(_STORAGE_LEVELS)
+BLOCK_DTYPES = ("float64", "float32")
+
+# Default block size when maxBlockSizeInMB is 0 (auto): a quarter of G1's smallest heap
+# region (see the module docstring and data.block_rows).
+DEFAULT_BLOCK_BYTES = 256 * 1024
+
+# At most this many partitions per core in a pass: every pass runs one Python task per
+# partition, and a task costs tens of milliseconds before any arithmetic.
+PARTITIONS_PER_CORE = 4
+
+# Merged pass partitions stay below this many bytes of blocks unless the session sets
+# spark.sql.files.maxPartitionBytes (the same convention as Spark's file splits).
+DEFAULT_MAX_PARTITION_BYTES = 128 * 1024 * 1024
 
 
 def is_connect(obj: Any) -> bool:
@@ -56,8 +110,63 @@ def is_connect(obj: Any) -> bool:
     return type(obj).__module__.startswith("pyspark.sql.connect")
 
 
+def storage_level(name: str) -> Any:
+    """The ``pyspark.StorageLevel`` of a ``cacheStorageLevel`` name; None for ``"NONE"``.
+
+    Raises
+    ------
+    InvalidInputError
+        For a name that is not one of :data:`STORAGE_LEVELS`.
+    """
+    from pyspark import StorageLevel
+
+    key = str(name).upper()
+    if key not in _STORAGE_LEVELS:
+        raise InvalidInputError(
+            f"cacheStorageLevel must be one of {', '.join(STORAGE_LEVELS)}; got {name!r}."
+        )
+    flags = _STORAGE_LEVELS[key]
+    return None if flags is None else StorageLevel(*flags)
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """How the validated input is kept between passes.
+
+    Attributes
+    ----------
+    storage_level : str
+        One of :data:`STORAGE_LEVELS` (``"NONE"``: no cache, every pass re-reads).
+    block_dtype : {"float64", "float32"}
+        Precision of the cached features; statistics are float64 either way.
+    max_block_bytes : int
+        Bytes of features per block (0: :data:`DEFAULT_BLOCK_BYTES`).
+    """
+
+    storage_level: str = "MEMORY_AND_DISK"
+    block_dtype: str = "float64"
+    max_block_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        storage_level(self.storage_level)
+        if self.block_dtype not in BLOCK_DTYPES:
+            raise InvalidInputError(
+                f"blockDtype must be one of {', '.join(BLOCK_DTYPES)}; got {self.block_dtype!r}."
+            )
+        if self.max_block_bytes < 0:
+            raise InvalidInputError(
+                f"maxBlockSizeInMB must be >= 0 (0: automatic); got "
+                f"{self.max_block_bytes / 2**20:g}."
+            )
+
+    def rows_per_block(self, n_features: int, has_weight: bool = False) -> int:
+        return block_rows(
+            n_features, self.max_block_bytes or DEFAULT_BLOCK_BYTES, self.block_dtype, has_weight
+        )
+
+
 @contextmanager
-def job_description(spark, text: str) -> Iterator[None]:
+def job_description(spark: Any, text: str) -> Iterator[None]:
     """Label the Spark jobs run inside the block (visible in the Spark UI).
 
     Spark Connect has no job description: there the operations get a tag instead (shown
@@ -82,33 +191,137 @@ def job_description(spark, text: str) -> Iterator[None]:
         sc.setJobDescription(previous)
 
 
+@contextmanager
+def _session_conf(spark: Any, values: dict[str, str]) -> Iterator[None]:
+    """Set SQL confs for the duration of the block, then restore the caller's values."""
+    conf = spark.conf
+    previous = {key: conf.get(key, None) for key in values}
+    for key, value in values.items():
+        conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                conf.unset(key)
+            else:
+                conf.set(key, value)
+
+
+def merge_target(partition_bytes: Sequence[int], cores: int, max_partition_bytes: int) -> int:
+    """How many partitions a pass should run over.
+
+    No merge (the current count) while there are at most ``PARTITIONS_PER_CORE`` per
+    core; otherwise that many, or more when needed to keep every merged partition under
+    ``max_partition_bytes``, sized from the largest input partition so that even an
+    uneven grouping stays under the cap.
+
+    Parameters
+    ----------
+    partition_bytes : sequence of int
+        Bytes of blocks in each cached partition.
+    cores : int
+    max_partition_bytes : int
+
+    Returns
+    -------
+    int
+        The number of pass partitions (``len(partition_bytes)`` when no merge).
+    """
+    n = len(partition_bytes)
+    limit = PARTITIONS_PER_CORE * max(1, cores)
+    if n <= limit:
+        return n
+    largest = max(max(partition_bytes), 1)
+    per_group = max(1, int(max_partition_bytes) // largest)
+    return min(n, max(limit, math.ceil(n / per_group)))
+
+
 # ---------------------------------------------------------------------------
 # Executor-side functions. Module-level so cloudpickle ships them by reference.
 # ---------------------------------------------------------------------------
 
 
-def _rdd_blocks(records: Iterator[tuple]) -> Blocks:
-    for n, X, w, _bad, _n_bad in records:
-        if n:
-            yield X, w
+# Every pass reads blocks through kernels.join_blocks: small cached blocks become
+# kernel-sized float64 blocks (float32 ones are widened there: the statistics are
+# float64 either way).
 
 
-def _unpack_row(row: Any, d: int) -> tuple[int, Array, Array | None, bytes, int]:
-    n, x, w, bad, n_bad = row
-    X, weights = unpack_block(n, x, w, d)
+def _rdd_blocks(records: Iterable[tuple]) -> Blocks:
+    return kernels.join_blocks((X, w) for n, X, w, _summary, _n_bad in records if n)
+
+
+def _unpack_row(row: Any, d: int, dtype: str) -> tuple[int, NDArray[Any], Array | None, bytes, int]:
+    n, x, w, summary, n_bad = row
+    if not n:
+        return 0, np.empty((0, d)), None, summary, n_bad
+    X, weights = unpack_block(n, x, w, d, dtype)
     # Cached column-major: the kernels work on X.T (see spark_gmm.gaussian), which is
     # then a free view instead of a transposed copy in every block of every pass.
-    return n, np.asfortranarray(X), weights, bad, n_bad
+    return n, np.asfortranarray(X), weights, summary, n_bad
 
 
-def _arrow_blocks(batches: Iterator[pa.RecordBatch], d: int) -> Blocks:
+def _partition_summary(
+    records: Iterable[tuple[int, Any, Any, bytes, int]], spec: FeatureSpec, itemsize: int
+) -> tuple[int, int, bytes, int]:
+    """(valid rows, bytes of their blocks, merged input summary, invalid rows) of one
+    partition, from the summary records of :func:`spark_gmm.data.iter_blocks`."""
+    n_bad = 0
+    raws = []
+    for _n, _X, _w, summary, bad in records:
+        if summary:
+            raws.append(summary)
+            n_bad += int(bad)
+    merged = summarize_blocks(raws, spec)
+    rows = merged.rows_read - n_bad
+    size = rows * (spec.n_features * itemsize + (8 if spec.has_weight else 0))
+    return rows, size, merged.to_bytes(), n_bad
+
+
+def _arrow_records(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[int, Any, Any, bytes, int]]:
     for batch in batches:
-        ns = batch.column(0).to_pylist()
-        xs = batch.column(1)
-        ws = batch.column(2)
+        ns = batch.column("n").to_pylist()
+        xs, ws = batch.column("x"), batch.column("w")
+        summaries = batch.column("bad").to_pylist()
+        bads = batch.column("n_bad").to_pylist()
+        for i, n in enumerate(ns):
+            yield n, xs[i], ws[i], summaries[i], bads[i]
+
+
+def _arrow_unpacked(batches: Iterator[pa.RecordBatch], d: int, dtype: str) -> Iterator[tuple]:
+    for batch in batches:
+        ns = batch.column("n").to_pylist()
+        xs, ws = batch.column("x"), batch.column("w")
         for i, n in enumerate(ns):
             if n:
-                yield unpack_block(n, xs[i].as_buffer(), ws[i].as_buffer(), d)
+                yield unpack_block(n, xs[i].as_buffer(), ws[i].as_buffer(), d, dtype)
+
+
+def _arrow_blocks(batches: Iterator[pa.RecordBatch], d: int, dtype: str) -> Blocks:
+    return kernels.join_blocks(_arrow_unpacked(batches, d, dtype))
+
+
+def _source_blocks(
+    batches: Iterator[pa.RecordBatch], spec: FeatureSpec, skip: bool, rows: int, dtype: str
+) -> Blocks:
+    records = iter_blocks(batches, spec, skip, rows, dtype)
+    return kernels.join_blocks((X, w) for n, X, w, _summary, _n_bad in records if n)
+
+
+_SUMMARY_SCHEMA = "rows long, bytes long, summary binary, n_bad long"
+
+
+def _summary_batch(part: tuple[int, int, bytes, int]) -> pa.RecordBatch:
+    rows, size, summary, n_bad = part
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([rows], pa.int64()),
+            pa.array([size], pa.int64()),
+            pa.array([summary], pa.binary()),
+            pa.array([n_bad], pa.int64()),
+        ],
+        names=["rows", "bytes", "summary", "n_bad"],
+    )
 
 
 def _to_binary_batch(payload: bytes) -> pa.RecordBatch:
@@ -125,49 +338,96 @@ def _sum_bytes(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         yield _to_binary_batch(total.tobytes())
 
 
+def _sum_collected(df: Any, n_partitions: int | None, aggregation_depth: int) -> Array:
+    """Add up a DataFrame of float64 vectors (column ``out``) on the way to the driver."""
+    if aggregation_depth > 1 and n_partitions is not None and n_partitions > 16:
+        # An intermediate level of executors adds the partition records so the driver
+        # receives ~sqrt(P) of them instead of P.
+        df = df.repartition(max(2, int(math.sqrt(n_partitions)))).mapInArrow(
+            _sum_bytes, "out binary"
+        )
+    total = None
+    for row in df.collect():
+        vec = np.frombuffer(row[0], dtype=np.float64)
+        total = vec.copy() if total is None else total + vec
+    assert total is not None
+    return total
+
+
+def _encode_stats(stats: Any) -> bytes:
+    return np.asarray(stats, dtype=np.float64).tobytes()
+
+
 # ---------------------------------------------------------------------------
-# Caches
+# Block stores
 # ---------------------------------------------------------------------------
 
 
 class RddBlocks:
-    """Blocks in a persisted RDD of ``(n, X ndarray, w ndarray | None, bad, n_bad)``.
+    """Blocks in a persisted RDD of ``(n, X ndarray, w ndarray | None, summary, n_bad)``.
 
-    Measured on 1M x 16 rows, 2 cores: 0.22 s per scan against 0.31 s for an RDD of raw
-    bytes and 0.75 s for the same blocks in a cached DataFrame read by ``mapInArrow``.
+    The RDD keeps the input's partitioning (so no cached partition is ever larger than
+    an input partition); passes run over ``scan``, a coalesced view with at most
+    ``PARTITIONS_PER_CORE`` partitions per core, each under the byte cap.
     """
 
-    def __init__(self, packed_df, d: int, storage_level) -> None:
-        self.d = d
+    def __init__(self, packed_df: Any, spec: FeatureSpec, level: Any, dtype: str) -> None:
+        self.spec = spec
+        self.itemsize = np.dtype(dtype).itemsize
         self._sc = packed_df.sparkSession.sparkContext
-        # One conversion of the packed DataFrame (a row per block) to an RDD; the block
-        # metadata stays with the data so that the metadata query below is the action
-        # that fills the cache.
-        rows = packed_df.rdd
-        # Every EM pass runs one Python task per cached partition, and a task costs tens
-        # of milliseconds before any arithmetic (measured here: a pass over 1M rows in 200
-        # partitions took 6.4 s against 0.59 s in 4). More partitions than
-        # PARTITIONS_PER_CORE per core are merged (without a shuffle) before caching.
-        limit = PARTITIONS_PER_CORE * max(1, self._sc.defaultParallelism)
-        if rows.getNumPartitions() > limit:
-            log.info("merging the input's partitions into %d for the EM passes", limit)
-            rows = rows.coalesce(limit)
-        self.rdd = rows.map(lambda row: _unpack_row(row, d)).persist(storage_level)
+        d = spec.n_features
+        self.rdd = packed_df.rdd.map(lambda row: _unpack_row(row, d, dtype)).persist(level)
+        self.scan = self.rdd
         self.num_partitions = self.rdd.getNumPartitions()
 
-    def metadata(self) -> list[tuple[int, bytes, int]]:
-        return self.rdd.map(lambda r: (r[0], r[3], r[4])).collect()
+    def metadata(self, max_partition_bytes: int) -> list[tuple[int, int, bytes, int]]:
+        """Fill the cache (one pass over the input) and return each partition's summary;
+        then choose the partitions the passes run over."""
+        spec, itemsize = self.spec, self.itemsize
 
-    def run(
-        self, fn: Callable[[Blocks, Any], Array], payload: Any, aggregation_depth: int
-    ) -> Array:
+        def summarize(records):
+            yield _partition_summary(records, spec, itemsize)
+
+        parts = self.rdd.mapPartitions(summarize).collect()
+        self._merge([p[1] for p in parts], max_partition_bytes)
+        return parts
+
+    def placement(self) -> tuple[int, int] | None:
+        """(bytes in executor memory, bytes on executor disks) of the cache, if known."""
+        try:
+            for info in self._sc._jsc.sc().getRDDStorageInfo():
+                if info.id() == self.rdd.id():
+                    return int(info.memSize()), int(info.diskSize())
+        except Exception:  # a developer API; absent or changed in some Spark versions
+            return None
+        return 0, 0
+
+    def _merge(self, partition_bytes: list[int], max_partition_bytes: int) -> None:
+        cores = max(1, self._sc.defaultParallelism)
+        target = merge_target(partition_bytes, cores, max_partition_bytes)
+        if target >= len(partition_bytes):
+            return
+        scan = self.rdd.coalesce(target)
+        groups = _coalesced_groups(scan)
+        largest = max((sum(partition_bytes[i] for i in g) for g in groups), default=0)
+        log.info(
+            "passes run over %d partitions merged from %d (largest %.1f MiB%s)",
+            target,
+            len(partition_bytes),
+            largest / 2**20,
+            "" if groups else ", grouping not visible",
+        )
+        self.scan = scan
+        self.num_partitions = target
+
+    def run(self, fn: PassFn, payload: Any, aggregation_depth: int) -> Array:
         bc = self._sc.broadcast(payload)
         try:
 
             def per_partition(records):
                 yield fn(_rdd_blocks(records), bc.value)
 
-            return self.rdd.mapPartitions(per_partition).treeReduce(
+            return self.scan.mapPartitions(per_partition).treeReduce(
                 np.add, depth=max(1, aggregation_depth)
             )
         finally:
@@ -177,70 +437,65 @@ class RddBlocks:
         def per_partition(records):
             yield fn(_rdd_blocks(records), payload)
 
-        return self.rdd.mapPartitions(per_partition).collect()
+        return self.scan.mapPartitions(per_partition).collect()
 
     def release(self) -> None:
         self.rdd.unpersist()
 
 
-class DataFrameBlocks:
-    """Packed blocks in a cached DataFrame, scanned with ``mapInArrow`` (Spark Connect)."""
+def _coalesced_groups(rdd: Any) -> list[list[int]]:
+    """The input partitions each partition of a coalesced RDD reads (empty if unknown)."""
+    try:
+        return [list(p.parentsIndices()) for p in rdd._jrdd.rdd().partitions()]
+    except Exception:  # not a CoalescedRDD seen through py4j (e.g. another Spark version)
+        return []
 
-    def __init__(self, packed_df, d: int, storage_level) -> None:
-        self.d = d
-        self.df = packed_df.persist(storage_level)
+
+class DataFrameBlocks:
+    """Packed blocks in a persisted DataFrame, scanned with ``mapInArrow`` (Spark Connect)."""
+
+    def __init__(self, packed_df: Any, spec: FeatureSpec, level: Any, dtype: str) -> None:
+        self.spec = spec
+        self.dtype = dtype
+        self.itemsize = np.dtype(dtype).itemsize
+        self.spark = packed_df.sparkSession
+        # One block per cached column batch: a batch of many blocks would be one large
+        # array per column (the default batch is 10,000 rows, here 10,000 blocks).
+        with _session_conf(self.spark, {"spark.sql.inMemoryColumnarStorage.batchSize": "1"}):
+            self.df = packed_df.persist(level)
         # Spark Connect cannot tell the partition count without running a job.
         self.num_partitions = None if is_connect(packed_df) else packed_df.rdd.getNumPartitions()
 
-    def metadata(self) -> list[tuple[int, bytes, int]]:
-        return [tuple(r) for r in self.df.select("n", "bad", "n_bad").collect()]
+    def placement(self) -> tuple[int, int] | None:
+        return None
 
-    def _map(self, fn, payload, encode) -> Any:
-        d = self.d
+    def metadata(self, max_partition_bytes: int) -> list[tuple[int, int, bytes, int]]:
+        spec, itemsize = self.spec, self.itemsize
+
+        def summarize(batches):
+            yield _summary_batch(_partition_summary(_arrow_records(batches), spec, itemsize))
+
+        with _session_conf(self.spark, {"spark.sql.inMemoryColumnarStorage.batchSize": "1"}):
+            rows = self.df.mapInArrow(summarize, _SUMMARY_SCHEMA).collect()
+        return [(r["rows"], r["bytes"], r["summary"], r["n_bad"]) for r in rows]
+
+    def _map(self, fn: Callable[[Blocks, Any], Any], payload: Any, encode: Callable) -> Any:
+        d, dtype = self.spec.n_features, self.dtype
 
         def per_partition(batches):
-            yield _to_binary_batch(encode(fn(_arrow_blocks(batches, d), payload)))
+            yield _to_binary_batch(encode(fn(_arrow_blocks(batches, d, dtype), payload)))
 
         return self.df.select("n", "x", "w").mapInArrow(per_partition, "out binary")
 
-    @contextmanager
-    def _small_arrow_batches(self) -> Iterator[None]:
+    def _small_arrow_batches(self) -> Any:
         """Send the cached blocks a few at a time: with the default 10,000 records per
-        Arrow batch a whole partition of multi-MB blocks becomes one batch, which was
-        measured 2x slower per scan than batches of 16 blocks."""
-        conf = self.df.sparkSession.conf
-        key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-        previous = conf.get(key, None)
-        conf.set(key, "16")
-        try:
-            yield
-        finally:
-            if previous is None:
-                conf.unset(key)
-            else:
-                conf.set(key, previous)
+        Arrow batch a whole partition of blocks would become one Arrow batch."""
+        return _session_conf(self.spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": "16"})
 
-    def run(
-        self, fn: Callable[[Blocks, Any], Array], payload: Any, aggregation_depth: int
-    ) -> Array:
+    def run(self, fn: PassFn, payload: Any, aggregation_depth: int) -> Array:
         with self._small_arrow_batches():
-            return self._run(fn, payload, aggregation_depth)
-
-    def _run(
-        self, fn: Callable[[Blocks, Any], Array], payload: Any, aggregation_depth: int
-    ) -> Array:
-        out = self._map(fn, payload, lambda a: np.asarray(a, dtype=np.float64).tobytes())
-        n = self.num_partitions
-        if aggregation_depth > 1 and n is not None and n > 16:
-            # An intermediate level of executors adds the partition records so the
-            # driver receives ~sqrt(P) of them instead of P.
-            out = out.repartition(max(2, int(math.sqrt(n)))).mapInArrow(_sum_bytes, "out binary")
-        total = None
-        for row in out.collect():
-            vec = np.frombuffer(row[0], dtype=np.float64)
-            total = vec.copy() if total is None else total + vec
-        assert total is not None
-        return total
+            out = self._map(fn, payload, _encode_stats)
+            return _sum_collected(out, self.num_partitions, aggregation_depth)
 
     def collect(self, fn: Callable[[Blocks, Any], bytes], payload: Any) -> list[bytes]:
         with self._small_arrow_batches():
@@ -250,6 +505,77 @@ class DataFrameBlocks:
         self.df.unpersist()
 
 
+class SourceBlocks:
+    """No cache (``cacheStorageLevel="NONE"``): every pass reads the input again and
+    validates and packs it inside the pass's own task, block by block.
+
+    The input must give the same rows on every read (files, a table snapshot, a cached
+    DataFrame), as any Spark job that reads its input more than once requires.
+    """
+
+    def __init__(
+        self, source: Any, spec: FeatureSpec, skip: bool, rows_per_block: int, dtype: str
+    ) -> None:
+        self.spec = spec
+        self.skip = skip
+        self.rows_per_block = rows_per_block
+        self.dtype = dtype
+        self.itemsize = np.dtype(dtype).itemsize
+        self.source = source
+        self.num_partitions = None if is_connect(source) else source.rdd.getNumPartitions()
+
+    def metadata(self, max_partition_bytes: int) -> list[tuple[int, int, bytes, int]]:
+        spec, skip, rows, dtype, itemsize = (
+            self.spec,
+            self.skip,
+            self.rows_per_block,
+            self.dtype,
+            self.itemsize,
+        )
+
+        def summarize(batches):
+            records = iter_blocks(batches, spec, skip, rows, dtype, summaries_only=True)
+            yield _summary_batch(_partition_summary(records, spec, itemsize))
+
+        parts = [
+            (r["rows"], r["bytes"], r["summary"], r["n_bad"])
+            for r in self.source.mapInArrow(summarize, _SUMMARY_SCHEMA).collect()
+        ]
+        if self.num_partitions is not None:
+            cores = max(1, self.source.sparkSession.sparkContext.defaultParallelism)
+            target = merge_target([p[1] for p in parts], cores, max_partition_bytes)
+            if target < self.num_partitions:
+                log.info("passes read the input in %d partitions (from %d)", target, len(parts))
+                self.source = self.source.coalesce(target)
+                self.num_partitions = target
+        return parts
+
+    def _map(self, fn: Callable[[Blocks, Any], Any], payload: Any, encode: Callable) -> Any:
+        spec, skip, rows, dtype = self.spec, self.skip, self.rows_per_block, self.dtype
+
+        def per_partition(batches):
+            blocks = _source_blocks(batches, spec, skip, rows, dtype)
+            yield _to_binary_batch(encode(fn(blocks, payload)))
+
+        return self.source.mapInArrow(per_partition, "out binary")
+
+    def run(self, fn: PassFn, payload: Any, aggregation_depth: int) -> Array:
+        out = self._map(fn, payload, _encode_stats)
+        return _sum_collected(out, self.num_partitions, aggregation_depth)
+
+    def collect(self, fn: Callable[[Blocks, Any], bytes], payload: Any) -> list[bytes]:
+        return [row[0] for row in self._map(fn, payload, lambda b: b).collect()]
+
+    def placement(self) -> tuple[int, int] | None:
+        return None
+
+    def release(self) -> None:
+        pass
+
+
+BlockStore = RddBlocks | DataFrameBlocks | SourceBlocks
+
+
 # ---------------------------------------------------------------------------
 # Prepared data
 # ---------------------------------------------------------------------------
@@ -257,7 +583,7 @@ class DataFrameBlocks:
 
 @dataclass
 class PreparedData:
-    """The validated, cached input of a fit.
+    """The validated input of a fit, and where its blocks live between passes.
 
     Attributes
     ----------
@@ -268,15 +594,18 @@ class PreparedData:
         Invalid rows dropped under ``handleInvalid='skip'``.
     summary : InputSummary or None
         Rows read, problem counts and the range of every feature.
+    n_bytes : int
+        Bytes of the blocks (features in the block dtype, plus weights).
     """
 
     spark: Any
     spec: FeatureSpec
     n_rows: int
     n_skipped: int
-    cache: RddBlocks | DataFrameBlocks
+    cache: BlockStore
     aggregation_depth: int = 2
     summary: InputSummary | None = None
+    n_bytes: int = 0
 
     @property
     def n_features(self) -> int:
@@ -293,7 +622,7 @@ class PreparedData:
         with job_description(self.spark, "sample rows for initialisation"):
             parts = self.cache.collect(_sample_bytes, (seed, fraction))
         d = self.n_features
-        xs, ws, us = [], [], []
+        xs, ws, us = [np.empty((0, d))], [np.empty(0)], [np.empty(0)]
         for raw in parts:
             rec = np.frombuffer(raw, dtype=np.float64).reshape(-1, d + 2)
             xs.append(rec[:, :d])
@@ -327,28 +656,60 @@ def _sample_bytes(blocks: Blocks, payload: tuple[int, float]) -> bytes:
     return np.column_stack([X, w, u]).tobytes()
 
 
-# See RddBlocks: at most this many cached partitions per core for the EM passes.
-PARTITIONS_PER_CORE = 4
+def _max_partition_bytes(spark: Any) -> int:
+    from spark_gmm.guards import _parse_memory
+
+    try:
+        value = spark.conf.get("spark.sql.files.maxPartitionBytes", None)
+        return _parse_memory(value, default_unit="b") if value else DEFAULT_MAX_PARTITION_BYTES
+    except Exception:  # unreadable over some Connect servers, or not a size
+        return DEFAULT_MAX_PARTITION_BYTES
+
+
+def _block_store(
+    source: Any,
+    spec: FeatureSpec,
+    skip: bool,
+    rows_per_block: int,
+    dtype: str,
+    level: Any,
+    use_rdd: bool,
+) -> BlockStore:
+    if level is None:
+        # Nothing is cached, so no JVM holds these blocks: cut them at kernel size.
+        rows = max(rows_per_block, kernels.kernel_rows(spec.n_features))
+        return SourceBlocks(source, spec, skip, rows, dtype)
+
+    def pack(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return pack_batches(batches, spec, skip, rows_per_block, dtype)
+
+    packed = source.mapInArrow(pack, PACKED_SCHEMA_DDL)
+    return (RddBlocks if use_rdd else DataFrameBlocks)(packed, spec, level, dtype)
 
 
 def prepare(
-    df,
+    df: Any,
     spec: FeatureSpec,
     columns: list,
     handle_invalid: str,
     aggregation_depth: int = 2,
     use_rdd: bool | None = None,
+    options: CacheOptions | None = None,
 ) -> PreparedData:
-    """Validate, convert and cache the input; raise before any EM pass if it is unusable.
+    """Validate and convert the input (and cache it); raise before any EM pass if it is
+    unusable.
 
     Parameters
     ----------
     df : pyspark.sql.DataFrame
     spec, columns :
         From :func:`spark_gmm.data.resolve_features`.
-    handle_invalid : {'error', 'skip'}
+    handle_invalid : {'error', 'skip', 'keep'}
     use_rdd : bool or None
         Force the cache kind; None picks the RDD cache when the session has one.
+    options : CacheOptions, optional
+        Storage level, block dtype and block size (defaults: ``MEMORY_AND_DISK``,
+        float64, automatic).
 
     Raises
     ------
@@ -356,28 +717,29 @@ def prepare(
         Invalid rows under ``handleInvalid='error'`` (with a count per column), a column
         with no usable value, no usable rows at all, or values whose squares overflow.
     """
-    from pyspark import StorageLevel
-
+    options = options or CacheOptions()
     skip = handle_invalid in ("skip", "keep")
-
-    def pack(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        return pack_batches(batches, spec, skip)
-
-    packed = df.select(*columns).mapInArrow(pack, PACKED_SCHEMA_DDL)
+    rows_per_block = options.rows_per_block(spec.n_features, spec.has_weight)
+    dtype = options.block_dtype
+    level = storage_level(options.storage_level)
+    source = df.select(*columns)
+    spark = df.sparkSession
     if use_rdd is None:
         use_rdd = not is_connect(df)
-    cache_cls = RddBlocks if use_rdd else DataFrameBlocks
-    spark = df.sparkSession
-    with job_description(spark, "validate and cache the input"):
-        cache = cache_cls(packed, spec.n_features, StorageLevel.MEMORY_AND_DISK)
+    action = "validate the input" if level is None else "validate and cache the input"
+    # Inside the description: counting an input's partitions can run a job (e.g. after a
+    # repartition), and every job of a fit is labelled.
+    with job_description(spark, action):
+        cache = _block_store(source, spec, skip, rows_per_block, dtype, level, use_rdd)
         try:
-            meta = cache.metadata()
+            meta = cache.metadata(_max_partition_bytes(spark))
         except Exception:
             cache.release()
             raise
     n_rows = sum(int(m[0]) for m in meta)
-    n_bad = sum(int(m[2]) for m in meta)
-    summary = summarize_blocks([m[1] for m in meta], spec)
+    n_bytes = sum(int(m[1]) for m in meta)
+    n_bad = sum(int(m[3]) for m in meta)
+    summary = summarize_blocks([m[2] for m in meta], spec)
     counts = summary.counts
     try:
         whole = all_invalid_message(spec, summary) if n_bad and (n_rows == 0 or not skip) else None
@@ -407,4 +769,17 @@ def prepare(
             n_bad,
             ", ".join(f"{label}: {int(c)}" for label, c in zip(spec.problem_labels, counts) if c),
         )
-    return PreparedData(spark, spec, n_rows, n_bad, cache, aggregation_depth, summary)
+    placement = cache.placement()
+    log.info(
+        "%s %d rows: %.1f MiB of %s blocks of up to %d rows (%s%s)",
+        "read" if level is None else "cached",
+        n_rows,
+        n_bytes / 2**20,
+        dtype,
+        rows_per_block,
+        options.storage_level,
+        ""
+        if placement is None
+        else f": {placement[0] / 2**20:.1f} MiB in memory, {placement[1] / 2**20:.1f} MiB on disk",
+    )
+    return PreparedData(spark, spec, n_rows, n_bad, cache, aggregation_depth, summary, n_bytes)

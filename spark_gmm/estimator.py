@@ -27,6 +27,7 @@ from pyspark.ml.param.shared import (
     HasFeaturesCol,
     HasHandleInvalid,
     HasInputCols,
+    HasMaxBlockSizeInMB,
     HasMaxIter,
     HasPredictionCol,
     HasProbabilityCol,
@@ -36,11 +37,11 @@ from pyspark.ml.param.shared import (
 )
 from pyspark.ml.util import MLReadable, MLWritable
 
-from spark_gmm import gaussian
+from spark_gmm import gaussian, kernels
 from spark_gmm.checkpoint import Checkpointer, local_checkpoint_dir
 from spark_gmm.data import FeatureSpec, batch_to_rows, resolve_features
 from spark_gmm.em import INIT_MODES, EMResult, fit_em
-from spark_gmm.engine import PreparedData, prepare
+from spark_gmm.engine import BLOCK_DTYPES, STORAGE_LEVELS, CacheOptions, PreparedData, prepare
 from spark_gmm.errors import InvalidInputError
 from spark_gmm.gaussian import COVARIANCE_TYPES, MixtureParameters
 from spark_gmm.session import ensure_local_python_workers
@@ -76,6 +77,7 @@ class _MixtureFitParams(
     HasWeightCol,
     HasHandleInvalid,
     HasCheckpointInterval,
+    HasMaxBlockSizeInMB,
 ):
     """Params of every fit, whatever chooses k: shared by :class:`GaussianMixture`,
     :class:`GaussianMixtureModel` and the model selector."""
@@ -132,9 +134,29 @@ class _MixtureFitParams(
         typeConverter=TypeConverters.toBoolean,
     )
 
+    cacheStorageLevel: Param[str] = Param(
+        Params._dummy(),
+        "cacheStorageLevel",
+        "Where the validated input blocks are kept between EM passes: a Spark storage "
+        "level name (MEMORY_AND_DISK: executor memory, spilling to local disk when it is "
+        "full; DISK_ONLY; MEMORY_ONLY; their _SER/_2 variants; OFF_HEAP), or NONE: no "
+        "cache, every pass reads and validates the input again.",
+        typeConverter=TypeConverters.toString,
+    )
+    blockDtype: Param[str] = Param(
+        Params._dummy(),
+        "blockDtype",
+        "Precision of the cached features: 'float64', or 'float32' to halve the cache and "
+        "the bytes each pass moves (values rounded to float32 once; statistics are still "
+        "accumulated in float64).",
+        typeConverter=TypeConverters.toString,
+    )
+
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._setDefault(
+            cacheStorageLevel="MEMORY_AND_DISK",
+            blockDtype="float64",
             maxIter=100,
             tol=1e-3,
             seed=_DEFAULT_SEED,
@@ -176,6 +198,7 @@ class _MixtureFitParams(
             "nInit": self.getNInit(),
             "seed": self.getSeed(),
             "initSampleSize": self.getInitSampleSize(),
+            "blockDtype": self.getBlockDtype(),
             **trajectory,
         }
         return Checkpointer(directory, self.getCheckpointInterval(), settings, data.fingerprint())
@@ -198,6 +221,52 @@ class _MixtureFitParams(
 
     def getInitSampleSize(self) -> int:
         return self.getOrDefault(self.initSampleSize)
+
+    def getCacheStorageLevel(self) -> str:
+        return self.getOrDefault(self.cacheStorageLevel)
+
+    def getBlockDtype(self) -> str:
+        return self.getOrDefault(self.blockDtype)
+
+    def _cache_options(self) -> CacheOptions:
+        """The cache settings, validated (raises InvalidInputError naming the param)."""
+        return CacheOptions(
+            storage_level=self.getCacheStorageLevel().upper(),
+            block_dtype=self.getBlockDtype(),
+            max_block_bytes=int(self.getMaxBlockSizeInMB() * 2**20),
+        )
+
+    def _prepare(
+        self,
+        dataset: Any,
+        spec: FeatureSpec,
+        columns: list[Any],
+        shapes: list[tuple[int, str]],
+        sample: bool = True,
+    ) -> PreparedData:
+        """Check memory for the candidates that will share each pass, validate, convert
+        and cache the input, then check the driver's initialisation sample (unless there
+        is none) now that the number of rows is known."""
+        options = self._cache_options()
+        spark = dataset.sparkSession
+        block_rows = kernels.kernel_rows(spec.n_features)
+        _check_memory(spark, shapes, spec.n_features, block_rows, 0)
+        data = prepare(
+            dataset,
+            spec,
+            columns,
+            self.getHandleInvalid(),
+            aggregation_depth=self.getAggregationDepth(),
+            options=options,
+        )
+        if sample:
+            try:
+                rows = min(self.getInitSampleSize(), data.n_rows)
+                _check_memory(spark, shapes, spec.n_features, block_rows, rows)
+            except Exception:
+                data.release()
+                raise
+        return data
 
     def _opt(self, param: Param[Any]) -> Any:
         """Value of an optional param, None when unset or empty."""
@@ -235,6 +304,19 @@ class _MixtureFitParams(
         need(
             self.getInitSampleSize() >= k_max,
             f"initSampleSize must be >= k={k_max}; got {self.getInitSampleSize()}.",
+        )
+        need(
+            self.getCacheStorageLevel().upper() in STORAGE_LEVELS,
+            f"cacheStorageLevel must be one of {', '.join(STORAGE_LEVELS)}; "
+            f"got {self.getCacheStorageLevel()!r}.",
+        )
+        need(
+            self.getBlockDtype() in BLOCK_DTYPES,
+            f"blockDtype must be one of {', '.join(BLOCK_DTYPES)}; got {self.getBlockDtype()!r}.",
+        )
+        need(
+            self.getMaxBlockSizeInMB() >= 0 and math.isfinite(self.getMaxBlockSizeInMB()),
+            f"maxBlockSizeInMB must be >= 0 (0: automatic); got {self.getMaxBlockSizeInMB()}.",
         )
         if self.getCheckpointDir() is not None:
             local_checkpoint_dir(self.getCheckpointDir() or "")
@@ -312,6 +394,15 @@ class _MixtureFitSetters(_MixtureFitParams):
 
     def setResumeFromCheckpoint(self: _Fit, value: bool) -> _Fit:
         return self._set(resumeFromCheckpoint=value)
+
+    def setCacheStorageLevel(self: _Fit, value: str) -> _Fit:
+        return self._set(cacheStorageLevel=value)
+
+    def setBlockDtype(self: _Fit, value: str) -> _Fit:
+        return self._set(blockDtype=value)
+
+    def setMaxBlockSizeInMB(self: _Fit, value: float) -> _Fit:
+        return self._set(maxBlockSizeInMB=value)
 
 
 class _GaussianMixtureParams(_MixtureFitParams):
@@ -479,6 +570,9 @@ class GaussianMixture(
         checkpointDir: str | None = None,
         checkpointInterval: int = 10,
         resumeFromCheckpoint: bool = False,
+        cacheStorageLevel: str = "MEMORY_AND_DISK",
+        blockDtype: str = "float64",
+        maxBlockSizeInMB: float = 0.0,
     ) -> None:
         super().__init__()
         kwargs = self._input_kwargs
@@ -537,13 +631,12 @@ class GaussianMixture(
                 f"{spec.n_features}."
             )
         n_candidates = 1 if initial_params is not None else self.getNInit()
-        _check_memory(dataset.sparkSession, [(k, covariance_type)] * n_candidates, spec.n_features)
-        data = prepare(
+        data = self._prepare(
             dataset,
             spec,
             columns,
-            self.getHandleInvalid(),
-            aggregation_depth=self.getAggregationDepth(),
+            [(k, covariance_type)] * n_candidates,
+            sample=initial_params is None,
         )
         try:
             if data.n_rows < k:
@@ -624,16 +717,12 @@ def _digest(params: MixtureParameters) -> str:
     return h.hexdigest()[:16]
 
 
-def _check_memory(spark: Any, shapes: list[tuple[int, str]], n_features: int) -> None:
+def _check_memory(
+    spark: Any, shapes: list[tuple[int, str]], n_features: int, block_rows: int, sample_rows: int
+) -> None:
     """The memory guard (:mod:`spark_gmm.guards`), before any data pass."""
     from spark_gmm.guards import check_memory, memory_limits
 
-    try:
-        block_rows = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "10000"))
-    except (TypeError, ValueError):
-        block_rows = 10_000
-    if block_rows <= 0:  # Spark's "no limit": a whole partition per block
-        block_rows = 1_000_000
     executor_limit, driver_limit = memory_limits(spark)
     check_memory(
         shapes,
@@ -641,6 +730,7 @@ def _check_memory(spark: Any, shapes: list[tuple[int, str]], n_features: int) ->
         block_rows=block_rows,
         executor_limit=executor_limit,
         driver_limit=driver_limit,
+        sample_rows=sample_rows,
     )
 
 

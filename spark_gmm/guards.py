@@ -70,7 +70,7 @@ def _sizes(k: int, covariance_type: str, d: int) -> tuple[int, int, int, int]:
 
 
 def estimate_memory(
-    shapes: Sequence[tuple[int, str]], n_features: int, *, block_rows: int
+    shapes: Sequence[tuple[int, str]], n_features: int, *, block_rows: int, sample_rows: int = 0
 ) -> tuple[int, int]:
     """Peak bytes of one data pass computing the statistics of every candidate.
 
@@ -82,7 +82,9 @@ def estimate_memory(
     n_features : int
         d, the dense length of a row.
     block_rows : int
-        Rows per cached block (``spark.sql.execution.arrow.maxRecordsPerBatch``).
+        Rows per kernel call (:func:`spark_gmm.kernels.kernel_rows`).
+    sample_rows : int
+        Rows of the initialisation sample collected on the driver (``initSampleSize``).
 
     Returns
     -------
@@ -92,8 +94,9 @@ def estimate_memory(
         largest candidate's scatter arrays and per-block work arrays.
     driver_bytes : int
         The reduced statistics vectors (received, unpickled, summed), the broadcast
-        parameters it pickles, and for every candidate its M-step arrays (scatter,
-        covariances, precisions and their Cholesky factors, temporaries).
+        parameters it pickles, for every candidate its M-step arrays (scatter,
+        covariances, precisions and their Cholesky factors, temporaries), and the
+        initialisation sample (rows, weights and hashes: received, unpacked, sorted).
     """
     d = int(n_features)
     n = max(1, int(block_rows))
@@ -106,7 +109,8 @@ def estimate_memory(
     largest = max(s[1] + s[0] + n * s[3] for s in sizes)
     executor = block + 2 * total_params + 3 * total_flat + largest
     m_step = sum(4 * s[1] + 2 * int(k) * d + int(k) for s, (k, _) in zip(sizes, shapes))
-    driver = 4 * total_flat + 2 * total_params + m_step
+    sample = 3 * max(0, int(sample_rows)) * (d + 2)
+    driver = 4 * total_flat + 2 * total_params + m_step + sample
     return executor * _FLOAT, driver * _FLOAT
 
 
@@ -134,12 +138,13 @@ def check_memory(
     block_rows: int,
     executor_limit: int,
     driver_limit: int,
+    sample_rows: int = 0,
 ) -> None:
     """Raise :class:`~spark_gmm.errors.MemoryGuardError` when a pass would not fit.
 
     Parameters
     ----------
-    shapes, n_features, block_rows :
+    shapes, n_features, block_rows, sample_rows :
         As for :func:`estimate_memory`.
     executor_limit, driver_limit : int
         Bytes available to one executor task and to the driver (see :func:`memory_limits`).
@@ -150,23 +155,21 @@ def check_memory(
         With the estimated bytes per executor task and on the driver, both limits and
         what to try.
     """
-    executor, driver = estimate_memory(shapes, n_features, block_rows=block_rows)
+    executor, driver = estimate_memory(
+        shapes, n_features, block_rows=block_rows, sample_rows=sample_rows
+    )
     if executor <= executor_limit and driver <= driver_limit:
         return
     d = int(n_features)
-    # The part that scales with the rows of a block (the dense block and work arrays).
-    per_row = (
-        estimate_memory(shapes, d, block_rows=2)[0] - estimate_memory(shapes, d, block_rows=1)[0]
-    )
-    rows_part = per_row * max(1, int(block_rows))
+    sample = 3 * _FLOAT * max(0, int(sample_rows)) * (d + 2)
     hints = [
         "a smaller k",
         "covarianceType='diag'",
         "fewer features (e.g. PCA)",
         "more memory (spark.executor.memory / spark.executor.pyspark.memory, spark.driver.memory)",
     ]
-    if executor > executor_limit and rows_part > executor / 2:
-        hints.insert(0, "smaller blocks (spark.sql.execution.arrow.maxRecordsPerBatch)")
+    if driver > driver_limit and sample > driver / 2:
+        hints.insert(0, f"a smaller initSampleSize (the sample takes {format_bytes(sample)})")
     raise MemoryGuardError(
         f"Not enough memory for {_describe(shapes)} on d={d} features (dense blocks of "
         f"{int(block_rows)} rows): one EM pass needs about {format_bytes(executor)} per "

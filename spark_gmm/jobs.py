@@ -224,6 +224,9 @@ def _set_estimator_params(estimator: Any, config: Any, **extra: Any) -> None:
         "checkpointDir": config.checkpoint_dir or None,
         "checkpointInterval": config.checkpoint_interval,
         "resumeFromCheckpoint": True if config.resume else None,
+        "cacheStorageLevel": config.cache_storage_level,
+        "blockDtype": config.block_dtype,
+        "maxBlockSizeInMB": config.max_block_size_mb,
     }
     estimator.setParams(**{k: v for k, v in settings.items() if v is not None})
 

@@ -19,7 +19,7 @@ A *task* describes one candidate model's work in a data pass:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -154,6 +154,74 @@ class ScoreTask:
 
 
 Task = EMTask | HardTask | RandomTask | ScoreTask
+
+# Rows per kernel call. Cached blocks are small (a few hundred KiB, see
+# spark_gmm.engine), but the kernels lose up to 1.5x per row on blocks of 1-2k rows at
+# d=16 against 8k rows (numpy call overheads; benchmarks/results/scale.md), so a task
+# joins consecutive blocks into kernel blocks of up to this many rows and bytes.
+KERNEL_BLOCK_ROWS = 8192
+KERNEL_BLOCK_BYTES = 4 << 20
+
+
+def kernel_rows(n_features: int) -> int:
+    """Rows of a kernel block for d features (:data:`KERNEL_BLOCK_ROWS`, fewer when wide)."""
+    return max(1, min(KERNEL_BLOCK_ROWS, KERNEL_BLOCK_BYTES // (8 * max(1, n_features))))
+
+
+def join_blocks(
+    blocks: Iterable[tuple[NDArray[Any], Array | None]], min_rows: int | None = None
+) -> Iterator[tuple[Array, Array | None]]:
+    """Consecutive blocks joined into float64, column-major blocks of ``min_rows`` or more.
+
+    A block that is already large enough, float64 and column-major passes through
+    without a copy; smaller ones (or float32 ones) are copied once into a new block.
+
+    Parameters
+    ----------
+    blocks : iterable of (X, w)
+        ``X`` of shape (n, d), float64 or float32; ``w`` of shape (n,) or None.
+    min_rows : int, optional
+        Defaults to :func:`kernel_rows` of the first block's width.
+    """
+    pending: list[tuple[NDArray[Any], Array | None]] = []
+    rows = 0
+    target = min_rows
+    for X, w in blocks:
+        if X.shape[0] == 0:
+            continue
+        if target is None:
+            target = kernel_rows(X.shape[1])
+        if not pending and X.shape[0] >= target:
+            yield _column_major_float64(X), w
+            continue
+        pending.append((X, w))
+        rows += X.shape[0]
+        if rows >= target:
+            yield _join(pending, rows)
+            pending, rows = [], 0
+    if pending:
+        yield _join(pending, rows)
+
+
+def _column_major_float64(X: NDArray[Any]) -> Array:
+    if X.dtype == np.float64 and X.flags.f_contiguous:
+        return X
+    return np.asfortranarray(X, dtype=np.float64)
+
+
+def _join(parts: list[tuple[NDArray[Any], Array | None]], rows: int) -> tuple[Array, Array | None]:
+    d = parts[0][0].shape[1]
+    # (d, rows) C-order is (rows, d) column-major: what the kernels want (X.T is free).
+    XT = np.empty((d, rows))
+    w = None if parts[0][1] is None else np.empty(rows)
+    pos = 0
+    for X, wp in parts:
+        n = X.shape[0]
+        XT[:, pos : pos + n] = X.T
+        if w is not None:
+            w[pos : pos + n] = wp
+        pos += n
+    return XT.T, w
 
 
 def tasks_statistics(blocks: Iterable[tuple[Array, Array | None]], tasks: Sequence[Task]) -> Array:

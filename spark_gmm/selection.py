@@ -26,13 +26,11 @@ from pyspark.ml.param import Param, Params, TypeConverters
 
 from spark_gmm import gaussian
 from spark_gmm.em import GridCell, fit_grid
-from spark_gmm.engine import prepare
 from spark_gmm.errors import InvalidInputError
 from spark_gmm.estimator import (
     _OVERFLOW,
     GaussianMixture,
     GaussianMixtureModel,
-    _check_memory,
     _check_scale,
     _MixtureFitParams,
     _MixtureFitSetters,
@@ -209,6 +207,9 @@ class GaussianMixtureSelector(
         checkpointDir: str | None = None,
         checkpointInterval: int = 10,
         resumeFromCheckpoint: bool = False,
+        cacheStorageLevel: str = "MEMORY_AND_DISK",
+        blockDtype: str = "float64",
+        maxBlockSizeInMB: float = 0.0,
     ) -> None:
         super().__init__()
         self.setParams(**self._input_kwargs)
@@ -241,17 +242,8 @@ class GaussianMixtureSelector(
         ensure_local_python_workers(dataset.sparkSession)
         spec, columns = self._features(dataset)
         # The guard counts every candidate of the grid: they share each pass.
-        _check_memory(
-            dataset.sparkSession,
-            [(k, t) for k, t in grid for _ in range(self.getNInit())],
-            spec.n_features,
-        )
-        data = prepare(
-            dataset,
-            spec,
-            columns,
-            self.getHandleInvalid(),
-            aggregation_depth=self.getAggregationDepth(),
+        data = self._prepare(
+            dataset, spec, columns, [(k, t) for k, t in grid for _ in range(self.getNInit())]
         )
         try:
             k_max = max(k for k, _ in grid)

@@ -63,13 +63,15 @@ def test_check_memory_passes_small_and_names_everything_when_too_large():
         assert hint in msg, msg
 
 
-def test_check_memory_dense_block_too_large_suggests_smaller_blocks():
-    # A sparse vector column of size 1e6 densified in blocks of 10,000 rows: 80 GB.
-    with pytest.raises(MemoryGuardError, match="maxRecordsPerBatch") as info:
+def test_check_memory_counts_the_rows_of_a_kernel_block():
+    # A sparse vector column of size 1e6 densified in blocks of 10,000 rows: 80 GB per
+    # task; in the one-row blocks the engine uses at that width, it passes.
+    with pytest.raises(MemoryGuardError, match="dense blocks of 10000 rows") as info:
         check_memory(
             [(1, "diag")], 1_000_000, block_rows=10_000, executor_limit=GIB, driver_limit=GIB
         )
-    assert "dense blocks of 10000 rows" in str(info.value)
+    assert "more memory" in str(info.value)
+    check_memory([(1, "diag")], 1_000_000, block_rows=1, executor_limit=GIB, driver_limit=GIB)
 
 
 def test_check_memory_driver_limit_alone():
@@ -118,3 +120,18 @@ def test_memory_limits_from_the_conf():
     assert memory_limits(local) == (GIB, GIB)
     # Unparseable values fall back to the default.
     assert memory_limits(_Session(spark_driver_memory="lots"))[1] == GIB // 2
+
+
+def test_check_memory_counts_the_initialisation_sample_on_the_driver():
+    # 100,000 sampled rows of 5,000 features: ~12 GB on the driver for a small model.
+    check_memory([(2, "diag")], 5_000, block_rows=800, executor_limit=GIB, driver_limit=GIB)
+    with pytest.raises(MemoryGuardError, match="a smaller initSampleSize") as info:
+        check_memory(
+            [(2, "diag")],
+            5_000,
+            block_rows=800,
+            executor_limit=GIB,
+            driver_limit=GIB,
+            sample_rows=100_000,
+        )
+    assert "on the driver (limit 1.0 GiB)" in str(info.value)
