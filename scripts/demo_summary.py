@@ -21,6 +21,15 @@ def main(scored_dir: str, report_dir: str) -> None:
     print(f"\nscored rows: {Path(scored_dir).resolve()}")
     for png in sorted(Path(report_dir).glob("*")):
         print(f"report:      {png.resolve()}")
+    print(
+        "\nTry next (first: source .venv/bin/activate):\n"
+        "  spark-gmm score --config conf/demo-score.toml --output out/demo/scored-again"
+        "     # score rows with the saved model\n"
+        "  spark-gmm select --config conf/demo-select.toml"
+        "     # which k and covariance type BIC picks\n"
+        f"  python -m json.tool {report_dir}/report.json"
+        "     # the fit's report (plots: *.png beside it)"
+    )
 
 
 if __name__ == "__main__":

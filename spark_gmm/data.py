@@ -35,11 +35,11 @@ __all__ = [
     "summarize_blocks",
 ]
 
-# One row per block of ``n`` rows (``x``: features, ``w``: weights or empty), or per input
-# batch for its summary record (``n`` = 0): ``bad`` then holds an int64 count per entry of
-# FeatureSpec.problem_labels, the rows read (int64), then each feature's min and max over
-# the valid rows (float64, d each), and ``n_bad`` the invalid rows; see pack_batches and
-# summarize_blocks.
+# One row per block of ``n`` rows (``x``: features column by column, ``w``: weights or
+# empty), or per input batch for its summary record (``n`` = 0): ``bad`` then holds an
+# int64 count per entry of FeatureSpec.problem_labels, the rows read (int64), then each
+# feature's min and max over the valid rows (float64, d each), and ``n_bad`` the invalid
+# rows; see pack_batches and summarize_blocks.
 PACKED_SCHEMA_DDL = "n long, x binary, w binary, bad binary, n_bad long"
 _PACKED_ARROW_SCHEMA = pa.schema(
     [
@@ -176,7 +176,10 @@ def resolve_features(
         f = field_of(features_col, "Features")
         dt = f.dataType
         if isinstance(dt, VectorUDT):
-            expr = vector_to_array(F.col(f"`{features_col}`"), "float64")
+            vector = F.col(f"`{features_col}`")
+            # vector_to_array raises on a null vector: keep it null, so that it is counted
+            # (and skipped, kept or refused) like any invalid row.
+            expr = F.when(vector.isNotNull(), vector_to_array(vector, "float64"))
         elif isinstance(dt, T.ArrayType) and is_numeric(dt.elementType):
             expr = F.col(f"`{features_col}`").cast("array<double>")
         else:
@@ -245,7 +248,8 @@ def batch_to_rows(
     bad = np.zeros(n, dtype=bool)
     counts: list[int] = []
     if spec.source == "columns":
-        X = np.empty((n, d))
+        # Column-major: each column is written contiguously, and the kernels work on X.T.
+        X = np.empty((n, d), order="F")
         for j in range(d):
             X[:, j] = _float_column(batch.column(j))
             invalid = ~np.isfinite(X[:, j])
@@ -334,7 +338,7 @@ def iter_blocks(
         if summaries_only or (n_bad and not skip_invalid):
             continue
         for start in range(0, X.shape[0], step):
-            x = np.ascontiguousarray(X[start : start + step], dtype=dtype)
+            x = np.asfortranarray(X[start : start + step], dtype=dtype)
             yield x.shape[0], x, None if w is None else w[start : start + step], b"", 0
 
 
@@ -349,7 +353,8 @@ def pack_batches(
     PACKED_SCHEMA_DDL)."""
     for n, X, w, summary, n_bad in iter_blocks(batches, spec, skip_invalid, rows_per_block, dtype):
         wb = b"" if w is None else np.ascontiguousarray(w, dtype=np.float64).tobytes()
-        yield _packed_record(n, X.tobytes() if n else b"", wb, summary, n_bad)
+        # Column-major bytes (X.T is C-contiguous): unpacked without a copy, see unpack_block.
+        yield _packed_record(n, X.T.tobytes() if n else b"", wb, summary, n_bad)
 
 
 def _packed_record(n: int, x: bytes, w: bytes, summary: bytes, n_bad: int) -> pa.RecordBatch:
@@ -500,6 +505,7 @@ def tiny_scale_features(
 def unpack_block(
     n: int, x: bytes, w: bytes, d: int, dtype: str = "float64"
 ) -> tuple[NDArray[Any], NDArray[np.float64] | None]:
-    """Inverse of the packing: zero-copy views over the bytes (features in ``dtype``)."""
-    X = np.frombuffer(x, dtype=dtype).reshape(n, d)
+    """Inverse of the packing: zero-copy, column-major views over the bytes (features in
+    ``dtype``, stored column by column)."""
+    X = np.frombuffer(x, dtype=dtype).reshape(d, n).T
     return X, (np.frombuffer(w, dtype=np.float64) if w else None)

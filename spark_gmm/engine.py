@@ -255,10 +255,10 @@ def _unpack_row(row: Any, d: int, dtype: str) -> tuple[int, NDArray[Any], Array 
     n, x, w, summary, n_bad = row
     if not n:
         return 0, np.empty((0, d)), None, summary, n_bad
+    # Column-major views: the kernels work on X.T (see spark_gmm.gaussian), which is then
+    # free instead of a transposed copy in every block of every pass.
     X, weights = unpack_block(n, x, w, d, dtype)
-    # Cached column-major: the kernels work on X.T (see spark_gmm.gaussian), which is
-    # then a free view instead of a transposed copy in every block of every pass.
-    return n, np.asfortranarray(X), weights, summary, n_bad
+    return n, X, weights, summary, n_bad
 
 
 def _partition_summary(

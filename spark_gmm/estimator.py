@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 from numpy.typing import NDArray
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
@@ -39,7 +37,7 @@ from pyspark.ml.util import MLReadable, MLWritable
 
 from spark_gmm import gaussian, kernels
 from spark_gmm.checkpoint import Checkpointer, local_checkpoint_dir
-from spark_gmm.data import FeatureSpec, batch_to_rows, resolve_features
+from spark_gmm.data import FeatureSpec, resolve_features
 from spark_gmm.em import INIT_MODES, EMResult, fit_em
 from spark_gmm.engine import BLOCK_DTYPES, STORAGE_LEVELS, CacheOptions, PreparedData, prepare
 from spark_gmm.errors import InvalidInputError
@@ -186,7 +184,7 @@ class _MixtureFitParams(
         may be resumed with a larger cap.
         """
         directory = self.getCheckpointDir()
-        if directory is None or self.getCheckpointInterval() < 1:
+        if directory is None:
             return None
         settings = {
             "features": list(spec.names),
@@ -318,7 +316,17 @@ class _MixtureFitParams(
             self.getMaxBlockSizeInMB() >= 0 and math.isfinite(self.getMaxBlockSizeInMB()),
             f"maxBlockSizeInMB must be >= 0 (0: automatic); got {self.getMaxBlockSizeInMB()}.",
         )
+        need(
+            self.getCheckpointDir() is not None or not self.getResumeFromCheckpoint(),
+            "resumeFromCheckpoint needs checkpointDir (the directory the checkpoint was "
+            "written to); set it, or drop resumeFromCheckpoint.",
+        )
         if self.getCheckpointDir() is not None:
+            need(
+                self.getCheckpointInterval() >= 1,
+                f"checkpointInterval must be >= 1 when checkpointDir is set; got "
+                f"{self.getCheckpointInterval()} (unset checkpointDir to turn checkpoints off).",
+            )
             local_checkpoint_dir(self.getCheckpointDir() or "")
 
     def _features(
@@ -984,8 +992,11 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
         """A fitted ``sklearn.mixture.GaussianMixture`` with these parameters."""
         try:
             from sklearn.mixture import GaussianMixture as SkGaussianMixture
-        except ImportError:  # pragma: no cover - sklearn is a dev extra
-            raise ImportError("toSklearn needs scikit-learn: pip install scikit-learn") from None
+        except ImportError:
+            raise ImportError(
+                "toSklearn needs scikit-learn, which spark_gmm does not install by default: "
+                "pip install 'spark_gmm[sklearn]' (or pip install scikit-learn)."
+            ) from None
         p = self.mixtureParameters
         gm = SkGaussianMixture(n_components=p.n_components, covariance_type=p.covariance_type)
         gm.weights_ = p.weights.copy()
@@ -1033,8 +1044,8 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
     def _transform(self, dataset: Any) -> Any:
         from pyspark.ml.functions import array_to_vector
         from pyspark.sql import functions as F
-        from pyspark.sql import types as T
-        from pyspark.sql.functions import pandas_udf
+
+        from spark_gmm.scoring import scoring_column
 
         if self.getHandleInvalid() not in HANDLE_INVALID:
             raise InvalidInputError(
@@ -1051,75 +1062,13 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
                 f"The model has {d} features but inputCols names {spec.n_features} columns."
             )
         handle = self.getHandleInvalid()
-        out_type = T.StructType(
-            [
-                T.StructField("prediction", T.IntegerType()),
-                T.StructField("probability", T.ArrayType(T.DoubleType(), containsNull=False)),
-                T.StructField("loglik", T.DoubleType()),
-            ]
-        )
-        names = spec.names
-        # The UDF gets pandas Series; back in Arrow they go through the same validation
-        # as the fit's input (data.batch_to_rows), without a Python loop over rows.
-        arrow_type = pa.float64() if spec.source == "columns" else pa.list_(pa.float64())
-
-        @pandas_udf(out_type)  # type: ignore[call-overload]
-        def score(*cols: pd.Series) -> pd.DataFrame:
-            batch = pa.RecordBatch.from_arrays(
-                [pa.array(c, type=arrow_type, from_pandas=True) for c in cols],
-                names=[f"f{j}" for j in range(len(cols))],
-            )
-            X, _, bad, _ = batch_to_rows(batch, spec)
-            if handle == "error" and bad.any():
-                raise InvalidInputError(
-                    f"{int(bad.sum())} row(s) of a batch (the first found; others may follow) "
-                    "have null, NaN, infinite or wrongly sized features in "
-                    f"{', '.join(repr(n) for n in names)}. Clean them, or set "
-                    "handleInvalid='skip' (drop the rows) or 'keep' (null outputs)."
-                )
-            n = len(bad)
-            ok = ~bad
-            pred = np.zeros(n, dtype=np.int32)
-            logp = np.full(n, np.nan)
-            proba = [None] * n
-            if ok.any():
-                lpn, resp = gaussian.score_and_proba(X[ok], params)
-                # Rows so far from every component (e.g. values near 1e300) that their
-                # densities overflow: no probabilities exist for them, never emit NaN.
-                finite = np.isfinite(lpn) & np.isfinite(resp).all(axis=1)
-                if not finite.all():
-                    if handle == "error":
-                        raise InvalidInputError(
-                            f"{int((~finite).sum())} row(s) of a batch have features in "
-                            f"{', '.join(repr(c) for c in names)} so far from every component "
-                            "(e.g. values near 1e300) that their likelihood is not finite. "
-                            "Scale them like the training data, or set handleInvalid='skip' "
-                            "or 'keep'."
-                        )
-                    bad[np.flatnonzero(ok)[~finite]] = True
-                    ok = ~bad
-                    lpn, resp = lpn[finite], resp[finite]
-                pred[ok] = np.argmax(resp, axis=1)
-                logp[ok] = lpn
-                idx = np.flatnonzero(ok)
-                for i, row in zip(idx, resp):
-                    proba[i] = row
-            frame = pd.DataFrame(
-                {
-                    "prediction": pd.array(np.where(ok, pred, 0), dtype="Int32"),
-                    "probability": proba,
-                    "loglik": logp,
-                }
-            )
-            frame.loc[bad, "prediction"] = pd.NA
-            return frame
-
         tmp = "__spark_gmm_out"
-        out = dataset.withColumn(tmp, score(*columns))
+        column, probability = scoring_column(columns, spec, params, handle)
+        out = dataset.withColumn(tmp, column)
         if handle == "skip":
             out = out.where(F.col(f"{tmp}.prediction").isNotNull())
         out = out.withColumn(self.getPredictionCol(), F.col(f"{tmp}.prediction"))
-        proba = F.col(f"{tmp}.probability")
+        proba = probability(F.col(tmp))
         # array_to_vector fails on null; rows kept under handleInvalid='keep' have none.
         out = out.withColumn(
             self.getProbabilityCol(), F.when(proba.isNotNull(), array_to_vector(proba))

@@ -482,11 +482,25 @@ def _log_normalize_t(weighted_log_prob_t: Array) -> tuple[Array, Array]:
     return log_prob_norm, shifted
 
 
+def score_t(XT: Array, params: MixtureParameters) -> tuple[Array, Array]:
+    """:func:`score_and_proba` on rows along the last axis.
+
+    Parameters
+    ----------
+    XT : ndarray of shape (d, n_samples)
+        C-contiguous (the transpose of a column-major block).
+
+    Returns
+    -------
+    log_prob_norm : ndarray of shape (n_samples,)
+    resp_t : ndarray of shape (k, n_samples)
+    """
+    return _log_normalize_t(_weighted_log_prob_t(XT, params))
+
+
 def score_and_proba(X: Array, params: MixtureParameters) -> tuple[Array, Array]:
     """Each row's log-likelihood (n_samples,) and responsibilities (n_samples, k)."""
-    log_prob_norm, resp_t = _log_normalize_t(
-        _weighted_log_prob_t(np.ascontiguousarray(X.T), params)
-    )
+    log_prob_norm, resp_t = score_t(np.ascontiguousarray(X.T), params)
     return log_prob_norm, np.ascontiguousarray(resp_t.T)
 
 

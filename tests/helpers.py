@@ -33,11 +33,17 @@ def make_mixture(
     return X, labels
 
 
-def rel_err(actual, expected) -> float:
-    """Largest absolute difference relative to the largest magnitude of ``expected``."""
+def rel_err(actual, expected, floor: float = 1e-6) -> float:
+    """Largest element-wise relative difference, ``|a - e| / max(|e|, floor)``.
+
+    Every entry is held to the tolerance relative to its own size, so small entries are
+    not hidden behind a large one; entries of ``expected`` smaller than ``floor`` (in
+    absolute value) are compared to ``floor`` instead, so that exact zeros compare.
+    """
     actual = np.asarray(actual, dtype=float)
     expected = np.asarray(expected, dtype=float)
-    return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-300))
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    return float(np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), floor)))
 
 
 def free_port() -> int:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -193,8 +196,15 @@ def test_driver_killed_with_sigkill_then_resumed_equals_uninterrupted(
     killed_at = json.loads(state_file.read_text())["iteration"]
     assert 3 <= killed_at < 15, "the fit was not killed mid-way"
 
-    resumed = _estimator(checkpointDir=str(checkpoints), resumeFromCheckpoint=True).fit(read())
+    with _logged_iterations() as ran:
+        resumed = _estimator(checkpointDir=str(checkpoints), resumeFromCheckpoint=True).fit(
+            read()
+        )
     uninterrupted = reference.result()
+    # Only the iterations after the checkpoint ran (a restart from scratch with the same
+    # seed would give the same model too, but would run all 15 and the initialisation).
+    assert ran.iterations == list(range(killed_at + 1, 16)), ran.iterations
+    assert not ran.initialised, ran.messages
     assert resumed.summary.numIter == uninterrupted.summary.numIter == 15
     assert rel_err(resumed.means, uninterrupted.means) < 1e-9
     assert rel_err(resumed.covariances, uninterrupted.covariances) < 1e-9
@@ -247,13 +257,49 @@ def test_fit_job_checkpoints_and_resumes(spark, parquet_input, tmp_path, capsys)
 
     first = run_fit(spark, config())
     assert json.loads((checkpoints / "em_state.json").read_text())["iteration"] == 4
-    again = run_fit(spark, config(resume=True))  # resumes at the end: only the final pass
+    with _logged_iterations() as ran:
+        again = run_fit(spark, config(resume=True))  # resumes at the end: only the final pass
+    assert ran.iterations == [] and not ran.initialised, ran.messages
     np.testing.assert_array_equal(again.means, first.means)
     assert again.summary.logLikelihoodHistory == first.summary.logLikelihoodHistory
     with pytest.raises(CheckpointMismatchError, match="k: checkpoint 3, now 4"):
         run_fit(spark, replace_k(config(resume=True), 4))
     assert main(["fit", "--input", path, "--features-col", "x", "--resume"]) == 2
     assert "'resume' needs 'checkpoint_dir'" in capsys.readouterr().err
+
+
+class _Iterations(logging.Handler):
+    """The EM iterations and initialisations a fit logs on the ``spark_gmm`` logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    @property
+    def iterations(self) -> list[int]:
+        found = (re.match(r"EM iteration (\d+)/", m) for m in self.messages)
+        return [int(m.group(1)) for m in found if m]
+
+    @property
+    def initialised(self) -> bool:
+        return any(m.startswith("initialised ") for m in self.messages)
+
+
+@contextmanager
+def _logged_iterations():
+    logger = logging.getLogger("spark_gmm")
+    handler = _Iterations()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def replace_k(config, k):

@@ -275,3 +275,12 @@ def test_transform_handle_invalid(spark, fitted):
     assert len(skipped) == 1
     with pytest.raises(Exception, match=r"row\(s\) of a batch .* have null, NaN, infinite"):
         model.copy({model.handleInvalid: "error"}).transform(df).collect()
+
+
+def test_to_sklearn_without_scikit_learn_names_the_extra(monkeypatch):
+    import sys
+
+    model = GaussianMixtureModel.fromParameters([1.0], [[0.0, 0.0]], [np.eye(2)], "full")
+    monkeypatch.setitem(sys.modules, "sklearn.mixture", None)  # import fails, as if absent
+    with pytest.raises(ImportError, match=r"spark_gmm\[sklearn\]"):
+        model.toSklearn()

@@ -94,11 +94,20 @@ def test_distributed_equals_single_block(data):
 def test_same_model_for_1_4_16_partitions(spark, data):
     X, _, _ = data
     frames = [_frame(spark, X, partitions=p) for p in (1, 4, 16)]
-    # Default initialisation: the sample is chosen by content, not by partition.
-    models = [GaussianMixture(k=3, inputCols=COLS, seed=7).fit(f) for f in frames]
+    # Default initialisation on a sample of about a third of the 1,200 rows: the rows
+    # are chosen by a hash of their content, not by partition.
+    models = [
+        GaussianMixture(k=3, inputCols=COLS, seed=7, initSampleSize=400).fit(f) for f in frames
+    ]
+    everything = GaussianMixture(k=3, inputCols=COLS, seed=7, maxIter=1).fit(frames[0])
+    sampled = GaussianMixture(k=3, inputCols=COLS, seed=7, maxIter=1, initSampleSize=400)
+    # The sample really is a subset: the first iteration differs from the whole-data one.
+    assert rel_err(sampled.fit(frames[0]).means, everything.means) > 1e-9
     for m in models[1:]:
+        assert m.summary.numIter == models[0].summary.numIter
         assert rel_err(m.means, models[0].means) < 1e-6
         assert rel_err(m.covariances, models[0].covariances) < 1e-6
+        assert rel_err(m.weights, models[0].weights) < 1e-6
     # From a given initial model, only the summation order differs.
     initial = GaussianMixtureModel.fromParameters(
         [0.3, 0.3, 0.4], X[:3], np.array([np.eye(3)] * 3), "full"
@@ -122,12 +131,24 @@ def test_quality_matches_known_labels(data):
     assert model.summary.meanLogLikelihood >= sk.score(X) - 1e-6
 
 
-def test_n_init_candidates_share_passes_and_best_wins(data):
-    _, _, df = data
-    model = GaussianMixture(k=3, inputCols=COLS, nInit=3, initMode="random", seed=3).fit(df)
+def test_n_init_candidates_share_passes_and_best_wins(data, caplog):
+    X, _, df = data
+    with caplog.at_level(logging.INFO, logger="spark_gmm"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tol=0: no convergence
+        model = GaussianMixture(
+            k=3, inputCols=COLS, nInit=3, initMode="random", seed=3, maxIter=6, tol=0.0
+        ).fit(df)
     lls = model.summary.candidateLogLikelihoods
-    assert len(lls) == 3
-    assert abs(model.summary.meanLogLikelihood - max(lls)) < 1e-12
+    # Three different starts that end in different places...
+    assert len(lls) == 3 and len({round(v, 9) for v in lls}) == 3, lls
+    # ... the best one kept, and it is what the model scores on the rows...
+    assert model.summary.meanLogLikelihood == max(lls)
+    assert abs(model.score(X) - max(lls)) < 1e-9
+    # ... and the three runs of 6 iterations took 6 data passes, not 18: each pass
+    # computed the statistics of all three.
+    passes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("EM iteration")]
+    assert len(passes) == 6, passes
+    assert all("(3 of 3 candidates in this pass)" in p for p in passes), passes
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)

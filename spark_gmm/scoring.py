@@ -1,0 +1,205 @@
+"""``transform``: score rows inside Spark, Arrow in and Arrow out.
+
+The scoring UDF receives the feature columns as Arrow arrays (numeric columns, or one
+``array<double>`` column), validates them like the fit's input
+(:func:`spark_gmm.data.batch_to_rows`), runs the E-step kernel on the whole batch, and
+returns one struct column ``(prediction int, probability array<double>, loglik double)``
+built from flat buffers: the probabilities are one float64 buffer plus offsets, with no
+Python object per row. The JVM then turns the array into an ml Vector.
+
+* Spark >= 4.1: an Arrow UDF (``pyspark.sql.functions.arrow_udf``): ``pyarrow.Array``
+  in, ``pyarrow.StructArray`` out.
+* Spark 3.5 / 4.0: a pandas UDF over numeric columns only (a vector column is split into
+  its d doubles in the JVM first) returning numeric columns only (one double per
+  component, joined into the array in the JVM): PySpark converts array columns between
+  pandas and Arrow row by row, numeric ones a column at a time.
+
+Rows the model cannot score follow ``handleInvalid``: ``error`` raises (naming the
+columns and the count in the batch), ``skip`` and ``keep`` give null outputs (``skip``
+then drops them in the JVM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from spark_gmm import gaussian
+from spark_gmm.data import FeatureSpec, batch_to_rows
+from spark_gmm.errors import InvalidInputError
+from spark_gmm.gaussian import MixtureParameters
+
+__all__ = ["OUTPUT_DDL", "has_arrow_udf", "score_arrays", "scoring_column"]
+
+OUTPUT_DDL = "prediction int, probability array<double>, loglik double"
+_OUTPUT_FIELDS = [
+    pa.field("prediction", pa.int32()),
+    pa.field("probability", pa.list_(pa.float64())),
+    pa.field("loglik", pa.float64()),
+]
+
+
+def has_arrow_udf() -> bool:
+    """Whether this PySpark has Arrow UDFs (``pyspark.sql.functions.arrow_udf``, 4.1+)."""
+    try:
+        from pyspark.sql.functions import arrow_udf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def score_arrays(
+    arrays: list[pa.Array], spec: FeatureSpec, params: MixtureParameters, handle: str
+) -> pa.StructArray:
+    """Score one batch of feature arrays.
+
+    Parameters
+    ----------
+    arrays : list of pyarrow.Array
+        ``spec.n_features`` float64 arrays (``spec.source == "columns"``), or one list
+        array of vectors.
+    spec : FeatureSpec
+    params : MixtureParameters
+    handle : {'error', 'skip', 'keep'}
+
+    Returns
+    -------
+    pyarrow.StructArray of (prediction int32, probability list<float64>, loglik float64)
+        Null children for rows that cannot be scored (invalid features, or so far from
+        every component that their likelihood is not finite), unless ``handle='error'``.
+
+    Raises
+    ------
+    InvalidInputError
+        Under ``handle='error'``, for the first batch with such rows.
+    """
+    names = list(dict.fromkeys(spec.names))
+    batch = pa.RecordBatch.from_arrays(arrays, names=[f"f{j}" for j in range(len(arrays))])
+    X, _, bad, _ = batch_to_rows(batch, spec)
+    n, k = batch.num_rows, params.n_components
+    if handle == "error" and bad.any():
+        raise InvalidInputError(
+            f"{int(bad.sum())} row(s) of a batch (the first found; others may follow) have "
+            f"null, NaN, infinite or wrongly sized features in "
+            f"{', '.join(repr(c) for c in names)}. Clean them, or set handleInvalid='skip' "
+            "(drop the rows) or 'keep' (null outputs)."
+        )
+    ok = ~bad
+    XT = np.ascontiguousarray((X[ok] if bad.any() else X).T)
+    log_prob_norm, resp_t = gaussian.score_t(XT, params)
+    # Rows so far from every component (e.g. values near 1e300) that their densities
+    # overflow: no probabilities exist for them; never emit NaN.
+    finite = np.isfinite(log_prob_norm) & np.isfinite(resp_t).all(axis=0)
+    if not finite.all():
+        if handle == "error":
+            raise InvalidInputError(
+                f"{int((~finite).sum())} row(s) of a batch have features in "
+                f"{', '.join(repr(c) for c in names)} so far from every component (e.g. "
+                "values near 1e300) that their likelihood is not finite. Scale them like "
+                "the training data, or set handleInvalid='skip' or 'keep'."
+            )
+        resp_t[:, ~finite] = 0.0
+        log_prob_norm[~finite] = 0.0
+    prediction = np.argmax(resp_t, axis=0).astype(np.int32)
+    proba = resp_t.T  # (rows, k), row-major: one flat buffer of values
+    if bad.any() or not finite.all():
+        null = bad.copy()
+        null[np.flatnonzero(ok)[~finite]] = True
+        full_pred = np.zeros(n, dtype=np.int32)
+        full_pred[ok] = prediction
+        full_proba = np.zeros((n, k))
+        full_proba[ok] = proba
+        full_ll = np.zeros(n)
+        full_ll[ok] = log_prob_norm
+        prediction, proba, log_prob_norm = full_pred, full_proba, full_ll
+        mask, list_mask = null, pa.array(null)
+    else:
+        mask, list_mask = None, None
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    values = pa.array(np.ascontiguousarray(proba).reshape(-1))
+    return pa.StructArray.from_arrays(
+        [
+            pa.array(prediction, mask=mask),
+            pa.ListArray.from_arrays(offsets, values, mask=list_mask),
+            pa.array(log_prob_norm, mask=mask),
+        ],
+        fields=_OUTPUT_FIELDS,
+    )
+
+
+def scoring_column(
+    columns: list[Any], spec: FeatureSpec, params: MixtureParameters, handle: str
+) -> tuple[Any, Callable[[Any], Any]]:
+    """The UDF column scoring ``columns`` with ``params``, and how to read its outputs.
+
+    ``columns`` are the feature columns of :func:`spark_gmm.data.resolve_features`:
+    ``_gmm_f0..`` doubles, or one ``array<double>``.
+
+    Returns
+    -------
+    column : pyspark.sql.Column
+        A struct with fields ``prediction`` and ``loglik``, and the probabilities.
+    probability : callable
+        Given a column holding that struct, the ``array<double>`` of probabilities.
+    """
+    if has_arrow_udf():
+        return _arrow_column(columns, spec, params, handle), lambda out: out["probability"]
+    return _pandas_column(columns, spec, params, handle)
+
+
+def _arrow_column(columns: list[Any], spec: FeatureSpec, params: Any, handle: str) -> Any:
+    from pyspark.sql.functions import arrow_udf
+
+    def score(*arrays: pa.Array) -> pa.Array:
+        return score_arrays(list(arrays), spec, params, handle)
+
+    return arrow_udf(score, OUTPUT_DDL)(*columns)  # type: ignore[call-overload]
+
+
+def _pandas_column(
+    columns: list[Any], spec: FeatureSpec, params: Any, handle: str
+) -> tuple[Any, Callable[[Any], Any]]:
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import pandas_udf
+
+    from spark_gmm.data import make_spec
+
+    if spec.source == "vector":
+        # d double columns instead of one array column. A null or short vector gives
+        # nulls, counted as invalid rows under the vector's name.
+        vector = columns[0]
+        size_ok = F.size(vector) == spec.n_features
+        columns = [
+            F.when(size_ok, vector.getItem(j)).alias(f"_gmm_f{j}")
+            for j in range(spec.n_features)
+        ]
+        spec = make_spec("columns", [spec.names[0]] * spec.n_features, spec.n_features, None)
+    k = params.n_components
+    ddl = "prediction int, loglik double, " + ", ".join(f"p{j} double" for j in range(k))
+
+    # The type hints say "Series in, DataFrame out" (a scalar pandas UDF returning a
+    # struct); pandas is imported at module level so that PySpark can resolve them.
+    def score(*series: pd.Series) -> pd.DataFrame:
+        arrays = [pa.Array.from_pandas(s, type=pa.float64()) for s in series]
+        out = score_arrays(arrays, spec, params, handle)
+        null = np.asarray(out.field("prediction").is_null(), dtype=bool)
+        frame = {
+            "prediction": pd.array(out.field("prediction").fill_null(0).to_numpy(), "Int32"),
+            "loglik": out.field("loglik").to_numpy(zero_copy_only=False),
+        }
+        # .values keeps the (zero) entries under null rows, one row of k per input row.
+        proba = out.field("probability").values.to_numpy().reshape(-1, k)
+        for j in range(k):
+            frame[f"p{j}"] = np.where(null, np.nan, proba[:, j])
+        result = pd.DataFrame(frame)
+        result.loc[null, "prediction"] = pd.NA
+        return result
+
+    def probability(out: Any) -> Any:
+        return F.when(out["prediction"].isNotNull(), F.array(*[out[f"p{j}"] for j in range(k)]))
+
+    return pandas_udf(score, ddl)(*columns), probability  # type: ignore[call-overload]
