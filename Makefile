@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench bench-quick dist check-java venv clean
+.PHONY: demo test lint bench bench-quick bench-scale dist check-java venv clean
 
 check-java:
 	@bash scripts/check_java.sh
@@ -46,13 +46,19 @@ lint: $(STAMP)
 	$(PY) -m ruff check spark_gmm jobs tests benchmarks
 	$(PY) -m mypy
 
-# The whole performance table of issue 5 (benchmarks/results/suite.md, suite.png);
-# bench-quick: smaller sizes in under 3 minutes (suite_quick.*).
+# The performance table (benchmarks/results/suite.md, medians of 5 interleaved rounds,
+# about an hour); bench-quick: smaller sizes, one round, a few minutes (suite_quick.*).
 bench: check-java $(STAMP)
 	$(PY) benchmarks/bench_suite.py
 
 bench-quick: check-java $(STAMP)
 	$(PY) benchmarks/bench_suite.py --quick
+
+# Inputs larger than executor memory, 1M..16M rows at 2g and 8g, MLlib beside
+# (benchmarks/results/scale.md; a few hours), then the constants of docs/scaling.md.
+bench-scale: check-java $(STAMP)
+	$(PY) benchmarks/bench_scale.py
+	$(PY) benchmarks/scale_model.py
 
 # dist/spark_gmm-<version>-py3-none-any.whl (pip install on a cluster's Python) and
 # dist/spark_gmm.zip (spark-submit --py-files). Rebuilt from scratch every time.

@@ -1,6 +1,6 @@
 """Model selection: cost of a k x covariance-type grid, and whether it picks the truth.
 
-Two parts, one Spark session (``local[2]``, as ``bench_iteration.py``):
+Two parts, one Spark session (``local[2]``, ``common.start_spark``):
 
 1. **Cost.** On ``N`` rows x 16 features drawn from a 6-component full-covariance
    mixture, time ``GaussianMixtureSelector`` over k = 1..10 x the four covariance types
@@ -37,13 +37,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_iteration import (
-    cached_features_frame,
-    load_average,
-    machine_description,
-    start_spark,
-    versions,
-)
+import timing
+from common import cached_features_frame, start_spark
 
 TYPES = ["full", "tied", "diag", "spherical"]
 
@@ -206,8 +201,8 @@ def markdown(result: dict) -> str:
     lines = [
         "# Model selection benchmark",
         "",
-        f"Run {result['date']} on {result['machine']['cpu']} ({result['machine']['nproc']} cores, "
-        f"{result['machine']['ram']}), Spark local[2]; load average at start "
+        f"Run {result['date']} on {result['machine']['cpu']} ({result['machine']['cores']} cores, "
+        f"{result['machine']['ram_gib']} GiB), Spark local[2]; load average at start "
         f"{result['load_average']:.1f}. Versions: {result['versions']}.",
         "",
         f"## Cost: k = 1..10 x 4 covariance types on {c['n']:,} x {c['d']}",
@@ -263,9 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     spark = start_spark()
     result = {
         "date": dt.date.today().isoformat(),
-        "machine": machine_description(),
-        "versions": versions(),
-        "load_average": load_average(),
+        "machine": timing.machine(),
+        "versions": timing.machine()["versions"],
+        "load_average": timing.load_average(),
     }
     with tempfile.TemporaryDirectory() as scratch:
         result["cost"] = cost_part(spark, n, scratch)

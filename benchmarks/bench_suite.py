@@ -1,63 +1,69 @@
-"""The whole performance table of issue 5, in one run: ``make bench`` (``--quick``: smaller).
+"""The performance table: ``make bench`` (``--quick``: smaller sizes, one round).
 
-Cases (sizes of the full run; ``--quick`` divides them, see ``SIZES``):
+Every case runs ``--repeats`` (>= 5) interleaved rounds in one Spark ``local[2]`` session
+and is reported as the median with min and max; a ratio is a ratio of medians of the
+same run (``timing.py`` has the rules and when a run is publishable).
 
-``full``      full covariances, 1M x 16, k=8: spark_gmm vs Spark MLlib vs scikit-learn, and
-              the single-process numpy floor (the same E+M kernel over the same rows in
-              one Python process, one BLAS thread, no Spark).
-``full64``    full, 200k x 64, k=16: spark_gmm vs scikit-learn from the *same* initial
-              parameters (mean log-likelihoods must agree to 1e-6); MLlib is run too and
-              is expected to fail (in 64-d it collapses to identical components and stops
-              early): it is then reported with its log-likelihood, not a speed.
-``diag``      diagonal covariances, 2M x 32, k=32: spark_gmm vs scikit-learn (diag).
-``scaling``   spark_gmm, full 16 x 8, N = 0.25M, 0.5M, 1M, 2M, 4M: s/iteration against N;
-              and the peak Python-driver allocation of a fit (``tracemalloc``) for
-              N >= 200k, which must not grow with N.
-``overhead``  Spark + transfer share of a spark_gmm iteration at 1M x 16 x 8:
-              ``1 - (numpy floor / cores) / (spark_gmm s/iteration)``.
-``driver``    the share of an iteration spent on the driver splitting the merged
-              statistics and running the M-step, with the input in 200 partitions
-              (quick mode: 20).
-``scoring``   ``transform`` + Parquet write of 1M rows: spark_gmm vs MLlib.
-``nInit``     spark_gmm s/iteration with ``nInit=4`` against ``nInit=1``.
+How one repeat is timed:
 
-Per-iteration cost, as in ``bench_iteration.py``: ``(wall(fit capped at 11 iterations) -
-wall(fit capped at 1)) / (iterations run by the first - by the second)``, ``tol=0``, cheap
-``random_from_data`` initialisation (MLlib: its own random one), ``nInit=1`` set
-explicitly, best of ``--repeats`` pairs with the implementations interleaved. Fixed costs
-(conversion and caching, initialisation, the final scoring pass) cancel in the difference.
-The quick mode caps the long fits at 6 iterations and times one pair.
+* spark_gmm fit: one fit capped at ``CAP`` iterations, ``tol=0``; per-iteration time is
+  the median of ``summary.iterationSeconds`` (each iteration's wall time on the driver:
+  the data pass and the M-step).
+* MLlib fit: one fit capped at ``CAP`` iterations; per-iteration time is the median gap
+  between the completions of consecutive iteration jobs, read from the Spark UI's REST
+  API (so the driver's work between passes counts, as for ours).
+* scikit-learn fit: ``(wall(CAP iterations) - wall(1 iteration)) / (CAP - 1)``.
+* numpy floor: one E-step + statistics + M-step over the same rows in this process, one
+  BLAS thread, 8,192-row column-major blocks (what a Spark task computes, with no Spark).
+* scoring: ``transform`` of a cached input, forced with Spark's ``noop`` sink (every
+  output column computed, nothing written) or written as Parquet.
 
-Spark runs ``local[2]`` (settings in ``bench_iteration.SPARK_CONF``). Every ratio compares
-numbers of the same run; absolute times on a shared machine are noisy (the 1-minute load
-average is recorded at the start and end).
+Cases (full sizes; ``--quick`` divides them):
+
+``fit_full``     full, 1M x 16, k=8: spark_gmm, MLlib, sklearn, numpy floor; overhead
+``fit_full64``   full, 200k x 64, k=16 from the same start: spark_gmm, sklearn (mean
+                 log-likelihoods must agree to 1e-6); MLlib from its own start, reported
+``fit_diag``     diag, 2M x 32, k=32: spark_gmm, sklearn, numpy floor
+``scaling``      spark_gmm full 16 x 8 at N = 0.25M ... 4M; Python driver peak memory
+``driver``       the driver's share of an iteration (split + M-step), input in 200 parts
+``ninit``        nInit=4 against nInit=1 per iteration
+``score``        transform: 1M x 16 k=8 (noop and Parquet), 200k x 64 k=16 (noop), diag
+                 1M x 32 k=32 (noop), each against MLlib where it has the model; the
+                 floors measured beside them: an Arrow UDF that returns one constant
+                 double (the Python round trip alone), and writing MLlib's output after
+                 it was computed and cached (the Parquet write alone)
+``score_job``    read Parquet, score, write Parquet: the score job against the same
+                 pipeline built on MLlib's model
+``init_cost``    full 1M x 16, k=8: the wall time of a default fit (initMode="short-em",
+                 nInit=1, tol 1e-3, initialisation included) against initMode="kmeans",
+                 nInit=1, and against the old default (kmeans, nInit=4), same data and
+                 seed, from the cached input
 
 Usage::
 
-    python benchmarks/bench_suite.py            # everything, full sizes (~24 min, --repeats 2)
-    python benchmarks/bench_suite.py --quick    # < 3 minutes
-    python benchmarks/bench_suite.py --cases full,scaling
+    python benchmarks/bench_suite.py                 # everything (about an hour here)
+    python benchmarks/bench_suite.py --quick         # a few minutes
+    python benchmarks/bench_suite.py --cases fit_full,score
 
-Writes ``suite.md``, ``suite.json`` and ``suite.png`` (``suite_quick.*`` in quick mode)
-to ``--output-dir``.
+Writes ``suite.json`` and ``suite.md`` (``suite_quick.*``) to ``--output-dir``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
-import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+import urllib.request
+import warnings
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,636 +71,623 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_iteration as bi
+import timing
+from common import make_mixture_data
 
 log = logging.getLogger("bench_suite")
 
-# In an order that reuses the cached 16 x 8 frames.
-ALL_CASES = ("full", "ninit", "scoring", "scaling", "driver", "full64", "diag")
-CORES = 2  # local[2]
-BLOCK_ROWS = 10_000  # rows per cached block (one Arrow batch), for the numpy floor
-
-# (N, d, k) per case, full run and quick run.
+HERE = Path(__file__).resolve().parent
+CORES = 2
+CAP = 6
+INPUT_PARTITIONS = 4
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"full": (1_000_000, 16, 8), "quick": (100_000, 16, 8)},
-    "full64": {"full": (200_000, 64, 16), "quick": (20_000, 64, 16)},
-    "diag": {"full": (2_000_000, 32, 32), "quick": (100_000, 32, 32)},
+    "fit_full": {"full": (1_000_000, 16, 8), "quick": (100_000, 16, 8)},
+    "fit_full64": {"full": (200_000, 64, 16), "quick": (20_000, 64, 16)},
+    "fit_diag": {"full": (2_000_000, 32, 32), "quick": (100_000, 32, 32)},
     "scaling": {
         "full": [250_000, 500_000, 1_000_000, 2_000_000, 4_000_000],
-        "quick": [100_000, 200_000, 400_000],
+        "quick": [100_000, 200_000],
     },
-    "scoring": {"full": 1_000_000, "quick": 100_000},
-    # Partitions of the merge + M-step measurement. Here every Python task of a pass
-    # cost ~0.1 s under load, so the quick mode uses fewer.
-    "partitions": {"full": 200, "quick": 20},
+    "driver": {"full": (1_000_000, 200), "quick": (100_000, 20)},
+    "score_full": {"full": (1_000_000, 16, 8), "quick": (100_000, 16, 8)},
+    "score_full64": {"full": (200_000, 64, 16), "quick": (20_000, 64, 16)},
+    "score_diag": {"full": (1_000_000, 32, 32), "quick": (100_000, 32, 32)},
 }
-# Peak driver memory is measured for the scaling sizes at least this large: below
-# twice initSampleSize (100,000 rows by default) the initialisation sample still grows.
-DRIVER_MEMORY_MIN_N = 200_000
-
-TARGETS = {
-    "full_mllib": 3.0,
-    "full_sklearn": 5.0,
-    "full64_sklearn": 3.0,
-    "diag_sklearn": 8.0,
-    "scaling_4x": 4.4,
-    "overhead": 0.35,
-    "driver_share": 0.10,
-    "scoring": 3.0,
-    "ninit": 1.6,
+ALL_CASES = ("fit_full", "ninit", "init_cost", "score", "score_job", "scaling", "driver",
+             "fit_full64", "fit_diag")
+GOALS = {
+    "fit_full MLlib/ours": (">=", 3.0),
+    "fit_full sklearn/ours": (">=", 5.0),
+    "fit_full overhead": ("<=", 0.35),
+    "fit_full64 sklearn/ours": (">=", 3.0),
+    "fit_diag sklearn/ours": (">=", 8.0),
+    "scaling 4x rows": ("<=", 4.4),
+    "driver share": ("<=", 0.10),
+    "ninit 4/1": ("<=", 1.6),
+    "init_cost short-em/kmeans": ("<=", 1.3),
+    "score 1M x 16 noop MLlib/ours": (">=", 1.0),
+    "score 1M x 16 parquet MLlib/ours": (">=", 1.0),
+    "score 200k x 64 noop MLlib/ours": (">=", 1.5),
 }
+OURS, MLLIB, SKLEARN, FLOOR = "spark_gmm", "MLlib", "scikit-learn", "numpy floor (1 core)"
 
 
-@dataclass
-class Suite:
-    quick: bool
-    repeats: int
-    long_cap: int
-    seed: int
-    scratch: str
-    spark: Any = None
-    results: dict[str, Any] = field(default_factory=dict)
-    _frames: dict[tuple[int, int, int, int], Any] = field(default_factory=dict)
-    _data: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
+# ---------------------------------------------------------------------------
+# Data and session
+# ---------------------------------------------------------------------------
 
-    def size(self, case: str) -> Any:
-        return SIZES[case]["quick" if self.quick else "full"]
 
-    def data(self, n: int, d: int, k: int) -> np.ndarray:
-        key = (n, d, k)
-        if key not in self._data:
+def start_spark() -> Any:
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    spark = (
+        SparkSession.builder.appName("bench_suite")
+        .master("local[2]")
+        .config("spark.driver.memory", "6g")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+class Data:
+    """Generated arrays and their cached DataFrames (one size kept at a time)."""
+
+    def __init__(self, spark: Any, scratch: str, seed: int) -> None:
+        self.spark, self.scratch, self.seed = spark, scratch, seed
+        self._key: tuple[int, int, int] | None = None
+        self._X: np.ndarray | None = None
+        self._frames: dict[tuple[Any, ...], Any] = {}
+
+    def array(self, n: int, d: int, k: int) -> np.ndarray:
+        if self._key != (n, d, k):
             log.info("generating %d x %d rows from %d Gaussians", n, d, k)
-            self._data = {key: bi.make_mixture_data(n, d, k, self.seed)}  # keep one in memory
-        return self._data[key]
+            self._X, self._key = make_mixture_data(n, d, k, self.seed), (n, d, k)
+        assert self._X is not None
+        return self._X
 
-    def frame(self, n: int, d: int, k: int, partitions: int = bi.INPUT_PARTITIONS) -> Any:
-        """The cached features DataFrame for a size (only the latest few are kept)."""
+    def parquet(self, n: int, d: int, k: int) -> str:
+        """The rows as a Parquet file (a vector column ``features`` written as array)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = os.path.join(self.scratch, f"rows_{n}_{d}_{k}.parquet")
+        if not os.path.exists(path):
+            X = self.array(n, d, k)
+            offsets = pa.array(np.arange(0, n * d + 1, d, dtype=np.int32))
+            table = pa.table({"x": pa.ListArray.from_arrays(offsets, pa.array(X.ravel()))})
+            pq.write_table(table, path)
+        return path
+
+    def frame(self, n: int, d: int, k: int, partitions: int = INPUT_PARTITIONS) -> Any:
+        """A cached, counted DataFrame: ``id`` and an ml vector column ``features``."""
+        from pyspark.ml.functions import array_to_vector
+        from pyspark.sql import functions as F
+
         key = (n, d, k, partitions)
         if key not in self._frames:
             for old in self._frames.values():
                 old.unpersist()
             self._frames.clear()
-            sub = os.path.join(self.scratch, f"{n}_{d}_{k}")
-            os.makedirs(sub, exist_ok=True)
-            df = bi.cached_features_frame(self.spark, self.data(n, d, k), sub)
-            if partitions != bi.INPUT_PARTITIONS:
-                df = df.repartition(partitions).cache()
-                df.count()
+            df = (
+                self.spark.read.parquet(self.parquet(n, d, k))
+                .repartition(partitions)
+                .select(F.monotonically_increasing_id().alias("id"),
+                        array_to_vector("x").alias("features"))
+                .cache()
+            )
+            assert df.count() == n
             self._frames[key] = df
         return self._frames[key]
 
 
 # ---------------------------------------------------------------------------
-# Fitters: each returns a function of the iteration cap giving a FitResult
+# One timed repeat of each implementation
 # ---------------------------------------------------------------------------
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
-def ours(df: Any, k: int, covariance_type: str, seed: int, n_init: int = 1,
-         initial: Any = None) -> Callable[[int], bi.FitResult]:
+def ours_per_iteration(df: Any, k: int, ct: str, seed: int, n_init: int = 1,
+                       initial: Any = None) -> tuple[float, float]:
+    """(median seconds per iteration, final mean log-likelihood) of one fit."""
     from spark_gmm import GaussianMixture
 
-    def fit(cap: int) -> bi.FitResult:
-        est = GaussianMixture(k=k, featuresCol="features", covarianceType=covariance_type,
-                              initMode="random_from_data", nInit=n_init, maxIter=cap, tol=0.0,
-                              seed=seed)
-        if initial is not None:
-            est.setInitialModel(initial)
-        seconds, model = timed(lambda: est.fit(df))
-        return bi.FitResult(seconds, model.summary.numIter, model.summary.meanLogLikelihood)
-
-    return fit
+    est = GaussianMixture(k=k, featuresCol="features", covarianceType=ct, maxIter=CAP,
+                          tol=0.0, seed=seed, nInit=n_init, initMode="random_from_data")
+    if initial is not None:
+        est.setInitialModel(initial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = est.fit(df)
+    return statistics.median(model.summary.iterationSeconds), model.summary.meanLogLikelihood
 
 
-def mllib(df: Any, n: int, k: int, seed: int) -> Callable[[int], bi.FitResult]:
+def _rest_jobs(spark: Any) -> list[dict[str, Any]]:
+    sc = spark.sparkContext
+    url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/jobs"
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _stamp(text: str) -> float:
+    return datetime.strptime(text.replace("GMT", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
+def mllib_per_iteration(spark: Any, df: Any, k: int, seed: int, n: int) -> tuple[float, float]:
+    """(median gap between MLlib's iteration-job completions, mean log-likelihood)."""
     from pyspark.ml.clustering import GaussianMixture
 
-    def fit(cap: int) -> bi.FitResult:
-        est = GaussianMixture(k=k, featuresCol="features", maxIter=cap, tol=0.0, seed=seed)
-        seconds, model = timed(lambda: est.fit(df))
-        return bi.FitResult(seconds, model.summary.numIter, model.summary.logLikelihood / n)
+    seen = {j["jobId"] for j in _rest_jobs(spark)}
+    model = GaussianMixture(k=k, featuresCol="features", maxIter=CAP, tol=0.0, seed=seed).fit(df)
+    time.sleep(1.0)  # the UI's listener runs behind the jobs
+    jobs = [j for j in _rest_jobs(spark) if j["jobId"] not in seen and j.get("completionTime")]
+    by_name: dict[str, list[float]] = {}
+    for j in jobs:
+        by_name.setdefault(j["name"], []).append(_stamp(j["completionTime"]))
+    runs = model.summary.numIter
+    names = [name for name, ends in by_name.items() if len(ends) == runs]
+    if runs < 3 or not names:
+        return float("nan"), model.summary.logLikelihood / n
+    ends = sorted(by_name[max(names, key=lambda s: len(s))])
+    return float(np.median(np.diff(ends))), model.summary.logLikelihood / n
 
-    return fit
 
-
-def sklearn(X: np.ndarray, k: int, covariance_type: str, seed: int,
-            init: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-            ) -> Callable[[int], bi.FitResult]:
+def sklearn_per_iteration(X: np.ndarray, k: int, ct: str, seed: int,
+                          init: tuple[np.ndarray, ...] | None = None) -> tuple[float, float]:
     from sklearn.mixture import GaussianMixture
 
-    def fit(cap: int) -> bi.FitResult:
+    def fit(cap: int) -> tuple[float, Any]:
         kwargs: dict[str, Any] = {"init_params": "random_from_data"}
         if init is not None:
             kwargs = {"weights_init": init[0], "means_init": init[1], "precisions_init": init[2]}
-        est = GaussianMixture(n_components=k, covariance_type=covariance_type, max_iter=cap,
-                              tol=0.0, n_init=1, random_state=seed, **kwargs)
-        seconds, _ = timed(lambda: est.fit(X))
-        return bi.FitResult(seconds, int(est.n_iter_), float(est.score(X)))
+        est = GaussianMixture(n_components=k, covariance_type=ct, max_iter=cap, tol=0.0,
+                              random_state=seed, **kwargs)
+        began = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.fit(X)
+        return time.perf_counter() - began, est
 
-    return fit
+    short, _ = fit(1)
+    long, est = fit(CAP)
+    return (long - short) / (CAP - 1), float(est.score(X))
 
 
-def numpy_floor(X: np.ndarray, k: int, covariance_type: str, seed: int,
-                iterations: int) -> float:
-    """Seconds per E+M iteration of the numpy kernel in this process, one BLAS thread.
-
-    The rows are cut into the engine's blocks (column-major, as cached); the statistics
-    of all blocks are merged and the M-step runs, exactly as one Spark pass does.
-    """
+def numpy_floor(X: np.ndarray, k: int, ct: str, seed: int) -> float:
     from threadpoolctl import threadpool_limits
 
     from spark_gmm import gaussian
+    from spark_gmm.kernels import join_blocks, kernel_rows
 
-    blocks = [np.asfortranarray(X[i : i + BLOCK_ROWS]) for i in range(0, len(X), BLOCK_ROWS)]
+    rows = kernel_rows(X.shape[1])
+    blocks = [b for b, _ in join_blocks(((X[i : i + rows], None)
+                                         for i in range(0, len(X), rows)), rows)]
     rng = np.random.default_rng(seed)
     centres = X[rng.choice(len(X), k, replace=False)]
-    params = gaussian.m_step(
-        gaussian.hard_assignment_statistics(X, None, centres, covariance_type), 1e-6
-    )
-    best = math.inf
+    params = gaussian.m_step(gaussian.hard_assignment_statistics(X, None, centres, ct), 1e-6)
     with threadpool_limits(1):
-        for _ in range(iterations):
-            start = time.perf_counter()
-            stats = gaussian.SufficientStatistics.zeros(covariance_type, params.means)
-            for block in blocks:
-                stats.merge(gaussian.block_statistics(block, None, params))
-            params = gaussian.m_step(stats, 1e-6)
-            best = min(best, time.perf_counter() - start)
-    return best
-
-
-def per_iteration(suite: Suite, fitters: dict[str, Callable[[int], bi.FitResult]],
-                  warm_up: bool = False) -> dict[str, dict[str, Any]]:
-    results = bi.run_benchmark(fitters, suite.repeats, warm_up=warm_up, long_cap=suite.long_cap)
-    out = {}
-    for r in results:
-        out[r.name] = {
-            "s_per_iter": r.best_per_iteration,
-            "per_repeat": r.per_iteration,
-            "iterations": r.iterations_run,
-            "mean_log_likelihood": r.mean_log_likelihood,
-            "failure": r.failure,
-            "long_fit_seconds": min((f.seconds for f in r.long_fits), default=math.nan),
-        }
-    return out
+        began = time.perf_counter()
+        stats = gaussian.SufficientStatistics.zeros(ct, params.means)
+        for block in blocks:
+            stats.merge(gaussian.block_statistics(block, None, params))
+        gaussian.m_step(stats, 1e-6)
+        return time.perf_counter() - began
 
 
 # ---------------------------------------------------------------------------
-# Cases
+# Cases: each adds Repeats under names, rounds interleaved inside the case
 # ---------------------------------------------------------------------------
 
 
-def case_full(suite: Suite) -> None:
-    n, d, k = suite.size("full")
-    X, df = suite.data(n, d, k), suite.frame(n, d, k)
-    res = per_iteration(suite, {
-        bi.OURS: ours(df, k, "full", suite.seed),
-        bi.MLLIB: mllib(df, n, k, suite.seed),
-        bi.SKLEARN: sklearn(X, k, "full", suite.seed),
-    }, warm_up=True)
-    floor = numpy_floor(X, k, "full", suite.seed, iterations=2 if suite.quick else 3)
-    res["numpy floor (1 core)"] = {"s_per_iter": floor}
-    suite.results["full"] = {"size": [n, d, k], "impl": res}
+class Suite:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.quick = args.quick
+        self.repeats = 1 if args.quick else args.repeats
+        self.seed = args.seed
+        self.scratch = tempfile.mkdtemp(prefix="bench_suite_")
+        self.spark = start_spark()
+        self.data = Data(self.spark, self.scratch, args.seed)
+        self.run = timing.Run()
+        self.cases: dict[str, timing.Repeats] = {}
+        self.extra: dict[str, Any] = {}
+
+    def size(self, case: str) -> Any:
+        return SIZES[case]["quick" if self.quick else "full"]
+
+    def add(self, name: str, value: float) -> None:
+        self.cases.setdefault(name, timing.Repeats()).add(value)
+
+    def rounds(self, label: str, body: Callable[[int], None]) -> None:
+        for r in range(self.repeats):
+            self.run.start_round(f"{label} round {r + 1}")
+            body(r)
+
+    def median(self, name: str) -> float:
+        rep = self.cases.get(name)
+        return rep.median if rep else float("nan")
 
 
-def case_full64(suite: Suite) -> None:
+def case_fit_full(s: Suite) -> None:
+    n, d, k = s.size("fit_full")
+    X, df = s.data.array(n, d, k), s.data.frame(n, d, k)
+    ours_per_iteration(df, k, "full", s.seed)  # warm-up: JIT, Python workers
+    lls: dict[str, float] = {}
+
+    def body(_: int) -> None:
+        t, lls[OURS] = ours_per_iteration(df, k, "full", s.seed)
+        s.add(f"fit_full {OURS}", t)
+        t, lls[MLLIB] = mllib_per_iteration(s.spark, df, k, s.seed, n)
+        s.add(f"fit_full {MLLIB}", t)
+        t, lls[SKLEARN] = sklearn_per_iteration(X, k, "full", s.seed)
+        s.add(f"fit_full {SKLEARN}", t)
+        s.add(f"fit_full {FLOOR}", numpy_floor(X, k, "full", s.seed))
+
+    s.rounds("fit_full", body)
+    s.extra["fit_full"] = {"size": [n, d, k], "mean_log_likelihood": lls}
+
+
+def case_fit_full64(s: Suite) -> None:
     from spark_gmm import GaussianMixtureModel, gaussian
 
-    n, d, k = suite.size("full64")
-    X, df = suite.data(n, d, k), suite.frame(n, d, k)
-    # One starting point for both: an M-step on the nearest of k random rows.
-    rng = np.random.default_rng(suite.seed)
+    n, d, k = s.size("fit_full64")
+    X, df = s.data.array(n, d, k), s.data.frame(n, d, k)
+    rng = np.random.default_rng(s.seed)
     centres = X[rng.choice(n, k, replace=False)]
     start = gaussian.m_step(gaussian.hard_assignment_statistics(X, None, centres, "full"), 1e-6)
     precisions = np.einsum("kij,klj->kil", start.precisions_chol, start.precisions_chol)
     init = (start.weights, start.means, precisions)
-    res = per_iteration(suite, {
-        bi.OURS: ours(df, k, "full", suite.seed, initial=GaussianMixtureModel(start)),
-        bi.SKLEARN: sklearn(X, k, "full", suite.seed, init=init),
-        bi.MLLIB: mllib(df, n, k, suite.seed),
-    })
-    suite.results["full64"] = {"size": [n, d, k], "impl": res}
+    lls: dict[str, float] = {}
+
+    def body(_: int) -> None:
+        t, lls[OURS] = ours_per_iteration(df, k, "full", s.seed,
+                                          initial=GaussianMixtureModel(start))
+        s.add(f"fit_full64 {OURS}", t)
+        t, lls[SKLEARN] = sklearn_per_iteration(X, k, "full", s.seed, init=init)
+        s.add(f"fit_full64 {SKLEARN}", t)
+
+    s.rounds("fit_full64", body)
+    # MLlib, once, from its own random start: in 64 dimensions it is expected to collapse.
+    from pyspark.ml.clustering import GaussianMixture as MLlibGM
+
+    try:
+        m = MLlibGM(k=k, featuresCol="features", maxIter=CAP, tol=0.0, seed=s.seed).fit(df)
+        mllib = {"iterations": m.summary.numIter,
+                 "mean_log_likelihood": m.summary.logLikelihood / n}
+    except Exception as exc:
+        mllib = {"failure": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    s.extra["fit_full64"] = {"size": [n, d, k], "mean_log_likelihood": lls, "mllib": mllib,
+                             "ll_difference": abs(lls[OURS] - lls[SKLEARN])}
 
 
-def case_diag(suite: Suite) -> None:
-    n, d, k = suite.size("diag")
-    X, df = suite.data(n, d, k), suite.frame(n, d, k)
-    res = per_iteration(suite, {
-        bi.OURS: ours(df, k, "diag", suite.seed),
-        bi.SKLEARN: sklearn(X, k, "diag", suite.seed),
-    })
-    floor = numpy_floor(X, k, "diag", suite.seed, iterations=2)
-    res["numpy floor (1 core)"] = {"s_per_iter": floor}
-    suite.results["diag"] = {"size": [n, d, k], "impl": res}
+def case_fit_diag(s: Suite) -> None:
+    n, d, k = s.size("fit_diag")
+    X, df = s.data.array(n, d, k), s.data.frame(n, d, k)
+
+    def body(_: int) -> None:
+        s.add(f"fit_diag {OURS}", ours_per_iteration(df, k, "diag", s.seed)[0])
+        s.add(f"fit_diag {SKLEARN}", sklearn_per_iteration(X, k, "diag", s.seed)[0])
+        s.add(f"fit_diag {FLOOR}", numpy_floor(X, k, "diag", s.seed))
+
+    s.rounds("fit_diag", body)
+    s.extra["fit_diag"] = {"size": [n, d, k]}
 
 
-def case_scaling(suite: Suite) -> None:
-    """s/iteration against N; on the same frames, the Python driver's peak allocation
-    during a 2-iteration fit (``tracemalloc``; the JVM is shared with the executors in
-    local mode and not separable)."""
-    rows, memory = [], []
-    for n in suite.size("scaling"):
-        df = suite.frame(n, 16, 8)
-        fit = ours(df, 8, "full", suite.seed)
-        res = per_iteration(suite, {bi.OURS: fit})
-        rows.append({"n": n, **res[bi.OURS]})
-        log.info("scaling N=%d: %.3f s/iteration", n, res[bi.OURS]["s_per_iter"])
-        if n >= DRIVER_MEMORY_MIN_N:
-            tracemalloc.start()
-            try:
-                fit(2)
-                _, peak = tracemalloc.get_traced_memory()
-            finally:
-                tracemalloc.stop()
-            memory.append({"n": n, "peak_python_driver_mib": peak / 2**20})
-            log.info("N=%d: peak Python-driver allocation %.1f MiB", n, peak / 2**20)
-    suite.results["scaling"] = rows
-    suite.results["driver_memory"] = memory
+def case_scaling(s: Suite) -> None:
+    sizes = s.size("scaling")
+    memory = {}
+    for n in sizes:
+        df = s.data.frame(n, 16, 8)
+        tracemalloc.start()
+        try:
+            ours_per_iteration(df, 8, "full", s.seed)
+            memory[n] = tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+
+        def body(_: int, df: Any = df, n: int = n) -> None:
+            s.add(f"scaling {n}", ours_per_iteration(df, 8, "full", s.seed)[0])
+
+        s.rounds(f"scaling {n}", body)
+    s.extra["scaling"] = {"sizes": sizes, "peak_python_driver_mib": memory}
 
 
-@contextmanager
-def driver_timers() -> Iterator[dict[str, float]]:
-    """Time the driver's share of each EM pass: splitting the merged statistics and the
-    M-step (wrapping the functions the EM loop calls)."""
+def case_driver(s: Suite) -> None:
+    """The driver's share of an iteration: split + M-step, wrapped with timers."""
     from spark_gmm import em, kernels
 
-    acc = {"seconds": 0.0}
-    orig_m_step, orig_split = em.m_step, kernels.split_statistics
+    n, partitions = s.size("driver")
+    df = s.data.frame(n, 16, 8, partitions=partitions)
+    acc = {"s": 0.0}
+    orig_m, orig_split = em.m_step, kernels.split_statistics
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+        def inner(*a: Any, **kw: Any) -> Any:
+            began = time.perf_counter()
             try:
-                return fn(*args, **kwargs)
+                return fn(*a, **kw)
             finally:
-                acc["seconds"] += time.perf_counter() - start
+                acc["s"] += time.perf_counter() - began
         return inner
 
-    em.m_step = wrap(orig_m_step)  # type: ignore[assignment]
-    kernels.split_statistics = wrap(orig_split)  # type: ignore[assignment]
-    try:
-        yield acc
-    finally:
-        em.m_step = orig_m_step  # type: ignore[assignment]
-        kernels.split_statistics = orig_split  # type: ignore[assignment]
+    def body(_: int) -> None:
+        acc["s"] = 0.0
+        em.m_step, kernels.split_statistics = wrap(orig_m), wrap(orig_split)  # type: ignore
+        try:
+            from spark_gmm import GaussianMixture
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = GaussianMixture(k=8, featuresCol="features", maxIter=CAP, tol=0.0,
+                                        seed=s.seed, nInit=1,
+                                        initMode="random_from_data").fit(df)
+        finally:
+            em.m_step, kernels.split_statistics = orig_m, orig_split  # type: ignore
+        per_iter = statistics.median(model.summary.iterationSeconds)
+        # CAP iterations plus the initial M-step; split also runs for the final pass.
+        s.add("driver per_iteration", per_iter)
+        s.add("driver share", acc["s"] / (CAP + 2) / per_iter)
+
+    s.rounds("driver", body)
+    s.extra["driver"] = {"rows": n, "input_partitions": partitions}
 
 
-def case_driver(suite: Suite) -> None:
-    """Share of an iteration spent on the driver (split + M-step), many partitions."""
-    n = suite.size("full")[0]
-    partitions = suite.size("partitions")
-    df = suite.frame(n, 16, 8, partitions=partitions)
-    fit = ours(df, 8, "full", suite.seed)
-    with driver_timers() as short_acc:
-        short = fit(1)
-    with driver_timers() as long_acc:
-        long = fit(suite.long_cap)
-    iterations = long.n_iter - short.n_iter
-    per_iter = (long.seconds - short.seconds) / iterations
-    driver_per_iter = (long_acc["seconds"] - short_acc["seconds"]) / iterations
-    suite.results["driver"] = {
-        "partitions": partitions,
-        "n": n,
-        "s_per_iter": per_iter,
-        "driver_split_and_m_step_s_per_iter": driver_per_iter,
-        "share": driver_per_iter / per_iter,
-    }
+def case_ninit(s: Suite) -> None:
+    n, d, k = s.size("fit_full")
+    df = s.data.frame(n, d, k)
+
+    def body(_: int) -> None:
+        s.add("ninit 1", ours_per_iteration(df, k, "full", s.seed, n_init=1)[0])
+        s.add("ninit 4", ours_per_iteration(df, k, "full", s.seed, n_init=4)[0])
+
+    s.rounds("ninit", body)
 
 
-WRITE_FLOOR = "write only (no transform)"
+def case_init_cost(s: Suite) -> None:
+    from spark_gmm import GaussianMixture
+
+    n, d, k = s.size("fit_full")
+    df = s.data.frame(n, d, k)
+    iterations: dict[str, list[int]] = {}
+
+    def wall(label: str, **params: Any) -> None:
+        began = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = GaussianMixture(k=k, featuresCol="features", seed=s.seed, **params).fit(df)
+        s.add(f"init_cost {label}", time.perf_counter() - began)
+        iterations.setdefault(label, []).append(model.summary.numIter)
+
+    def body(_: int) -> None:
+        wall("short-em")
+        wall("kmeans", initMode="kmeans", nInit=1)
+        wall("kmeans x4", initMode="kmeans", nInit=4)
+
+    s.rounds("init_cost", body)
+    s.extra["init_cost"] = {"size": [n, d, k], "iterations": iterations}
 
 
-def case_scoring(suite: Suite) -> None:
+def _fit_models(s: Suite, df: Any, k: int, ct: str) -> dict[str, Any]:
     from pyspark.ml.clustering import GaussianMixture as MLlibGM
 
     from spark_gmm import GaussianMixture
 
-    n = suite.size("scoring")
-    df = suite.frame(n, 16, 8)
-    models = {
-        bi.OURS: GaussianMixture(k=8, featuresCol="features", initMode="random_from_data",
-                                 nInit=1, maxIter=2, tol=0.0, seed=suite.seed).fit(df),
-        bi.MLLIB: MLlibGM(k=8, featuresCol="features", maxIter=2, tol=0.0,
-                          seed=suite.seed).fit(df),
-    }
-    # The floor of any scorer on this machine: writing MLlib's own output (the same rows
-    # and columns), already computed and cached, with no transform at all.
-    computed = models[bi.MLLIB].transform(df).cache()
-    computed.count()
-    jobs = {name: (lambda m=model: m.transform(df)) for name, model in models.items()}
-    jobs[WRITE_FLOOR] = lambda: computed
-    best = {name: math.inf for name in jobs}
-    for round_ in range(suite.repeats + 1):  # round 0 warms up
-        for name, output in jobs.items():
-            path = os.path.join(suite.scratch, f"scored_{name.split()[0]}")
-            seconds, _ = timed(lambda o=output, p=path: o().write.mode("overwrite").parquet(p))
-            shutil.rmtree(path, ignore_errors=True)
-            if round_:
-                best[name] = min(best[name], seconds)
-            log.info("scoring round %d %s: %.2f s", round_, name, seconds)
-    computed.unpersist()
-    suite.results["scoring"] = {"n": n, "seconds": best}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models = {OURS: GaussianMixture(k=k, featuresCol="features", covarianceType=ct,
+                                        maxIter=2, tol=0.0, seed=s.seed, nInit=1,
+                                        initMode="random_from_data").fit(df)}
+        if ct == "full":
+            models[MLLIB] = MLlibGM(k=k, featuresCol="features", maxIter=2, tol=0.0,
+                                    seed=s.seed).fit(df)
+    return models
 
 
-def case_ninit(suite: Suite) -> None:
-    n, d, k = suite.size("full")
-    df = suite.frame(n, d, k)
-    res = per_iteration(suite, {
-        "nInit=1": ours(df, k, "full", suite.seed, n_init=1),
-        "nInit=4": ours(df, k, "full", suite.seed, n_init=4),
-    })
-    suite.results["ninit"] = {"size": [n, d, k], "impl": res}
+def _score_once(output: Any, sink: str, path: str) -> float:
+    began = time.perf_counter()
+    if sink == "noop":
+        output.write.format("noop").mode("overwrite").save()
+    else:
+        output.write.mode("overwrite").parquet(path)
+    seconds = time.perf_counter() - began
+    shutil.rmtree(path, ignore_errors=True)
+    return seconds
 
 
-CASE_FUNCTIONS: dict[str, Callable[[Suite], None]] = {
-    "full": case_full,
-    "full64": case_full64,
-    "diag": case_diag,
-    "scaling": case_scaling,
-    "driver": case_driver,
-    "scoring": case_scoring,
-    "ninit": case_ninit,
+def case_score(s: Suite) -> None:
+    import pyarrow as pa
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql.functions import arrow_udf
+
+    @arrow_udf("double")  # type: ignore[call-overload]
+    def round_trip(x: pa.Array) -> pa.Array:
+        return pa.array(np.zeros(len(x)))
+
+    path = os.path.join(s.scratch, "scored")
+    for label, key, ct, sinks in (
+        ("1M x 16", "score_full", "full", ("noop", "parquet")),
+        ("200k x 64", "score_full64", "full", ("noop",)),
+        ("diag 1M x 32", "score_diag", "diag", ("noop",)),
+    ):
+        n, d, k = s.size(key)
+        df = s.data.frame(n, d, k)
+        models = _fit_models(s, df, k, ct)
+        jobs = {name: (lambda m=m, df=df: m.transform(df)) for name, m in models.items()}
+        # The same input as our transform's UDF gets (the vector as array<double>).
+        jobs["round trip floor"] = lambda df=df: df.select(
+            "id", round_trip(vector_to_array(df["features"])).alias("x")
+        )
+        computed = None
+        if "parquet" in sinks and MLLIB in models:
+            computed = models[MLLIB].transform(df).cache()
+            computed.count()
+            jobs["write floor"] = lambda c=computed: c
+        for job in jobs.values():  # warm-up
+            _score_once(job(), "noop", path)
+
+        def body(_: int, label: str = label, jobs: dict[str, Any] = jobs,
+                 sinks: tuple[str, ...] = sinks) -> None:
+            for sink in sinks:
+                for name, job in jobs.items():
+                    if name == "write floor" and sink != "parquet":
+                        continue
+                    s.add(f"score {label} {sink} {name}", _score_once(job(), sink, path))
+
+        s.rounds(f"score {label}", body)
+        if computed is not None:
+            computed.unpersist()
+
+
+def case_score_job(s: Suite) -> None:
+    """read Parquet -> score -> write Parquet: the score job vs MLlib's pipeline."""
+    from pyspark.ml.clustering import GaussianMixtureModel as MLlibModel
+    from pyspark.ml.functions import array_to_vector, vector_to_array
+    from pyspark.sql import functions as F
+
+    from spark_gmm.cli import ScoreConfig
+    from spark_gmm.jobs import run_score
+
+    n, d, k = s.size("score_full")
+    source = os.path.join(s.scratch, "score_input")
+    if not os.path.exists(source):
+        s.spark.read.parquet(s.data.parquet(n, d, k)).select(
+            F.monotonically_increasing_id().alias("id"), "x"
+        ).repartition(INPUT_PARTITIONS).write.parquet(source)
+    df = s.data.frame(n, d, k)
+    models = _fit_models(s, df, k, "full")
+    ours_dir, mllib_dir = (os.path.join(s.scratch, f"model_{x}") for x in ("ours", "mllib"))
+    models[OURS].write().overwrite().save(ours_dir)
+    models[MLLIB].write().overwrite().save(mllib_dir)
+    out = os.path.join(s.scratch, "job_out")
+
+    def ours_job() -> float:
+        config = ScoreConfig(input=source, model=ours_dir, features_col="x", id_cols=["id"],
+                             output=out, mode="overwrite")
+        began = time.perf_counter()
+        run_score(s.spark, config)
+        return time.perf_counter() - began
+
+    def mllib_job() -> float:
+        began = time.perf_counter()
+        model = MLlibModel.load(mllib_dir)
+        rows = s.spark.read.parquet(source).select("id", array_to_vector("x").alias("features"))
+        scored = model.transform(rows)
+        scored.select("id", "prediction",
+                      vector_to_array("probability").alias("probability")).write.mode(
+            "overwrite").parquet(out)
+        return time.perf_counter() - began
+
+    ours_job(), mllib_job()  # warm-up
+
+    def body(_: int) -> None:
+        s.add(f"score_job {OURS}", ours_job())
+        s.add(f"score_job {MLLIB}", mllib_job())
+
+    s.rounds("score_job", body)
+
+
+CASES: dict[str, Callable[[Suite], None]] = {
+    "fit_full": case_fit_full, "fit_full64": case_fit_full64, "fit_diag": case_fit_diag,
+    "scaling": case_scaling, "driver": case_driver, "ninit": case_ninit,
+    "score": case_score, "score_job": case_score_job, "init_cost": case_init_cost,
 }
 
 
 # ---------------------------------------------------------------------------
-# Report
+# Derived ratios and the report
 # ---------------------------------------------------------------------------
 
 
-def _valid(x: float | None) -> bool:
-    """A per-iteration time is usable when positive: on a busy machine the 1-capped fit
-    can take longer than the long one, and the difference is then noise."""
-    return x is not None and math.isfinite(x) and x > 0
+def derive(s: Suite) -> dict[str, float]:
+    m = s.median
+    out = {
+        "fit_full MLlib/ours": m(f"fit_full {MLLIB}") / m(f"fit_full {OURS}"),
+        "fit_full sklearn/ours": m(f"fit_full {SKLEARN}") / m(f"fit_full {OURS}"),
+        "fit_full overhead": 1 - (m(f"fit_full {FLOOR}") / CORES) / m(f"fit_full {OURS}"),
+        "fit_full64 sklearn/ours": m(f"fit_full64 {SKLEARN}") / m(f"fit_full64 {OURS}"),
+        "fit_diag sklearn/ours": m(f"fit_diag {SKLEARN}") / m(f"fit_diag {OURS}"),
+        "driver share": m("driver share"),
+        "ninit 4/1": m("ninit 4") / m("ninit 1"),
+    }
+    sizes = s.extra.get("scaling", {}).get("sizes", [])
+    if sizes and sizes[-1] // 4 in sizes:
+        out["scaling 4x rows"] = m(f"scaling {sizes[-1]}") / m(f"scaling {sizes[-1] // 4}")
+    for label, sink in (("1M x 16", "noop"), ("1M x 16", "parquet"), ("200k x 64", "noop")):
+        out[f"score {label} {sink} MLlib/ours"] = (
+            m(f"score {label} {sink} {MLLIB}") / m(f"score {label} {sink} {OURS}")
+        )
+    out["score_job MLlib/ours"] = m(f"score_job {MLLIB}") / m(f"score_job {OURS}")
+    out["init_cost short-em/kmeans"] = m("init_cost short-em") / m("init_cost kmeans")
+    out["init_cost short-em/kmeans x4"] = m("init_cost short-em") / m("init_cost kmeans x4")
+    return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
-def _s(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    return f"{x:.3f} s" if x > 0 else f"{x:.3f} s (below the noise)"
-
-
-def _verdict(ok: bool | None) -> str:
-    return "undetermined" if ok is None else ("met" if ok else "**not met**")
-
-
-def _ratio(a: float, b: float) -> float:
-    """How many times ``a`` fits in ``b`` (nan unless both are usable)."""
-    return b / a if _valid(a) and _valid(b) else math.nan
-
-
-def _check(value: float, limit: float, at_least: bool) -> bool | None:
-    if not math.isfinite(value):
-        return None
-    return value >= limit if at_least else value <= limit
-
-
-def _times(ratio: float, word: str) -> str:
-    return f"{ratio:.2f}x {word}" if math.isfinite(ratio) else "not measurable (noise)"
-
-
-def _size(size: list[int]) -> str:
-    n, d, k = size
-    return f"{n:,} x {d}, k={k}"
-
-
-def table_rows(r: dict[str, Any], quick: bool) -> list[tuple[str, str, str, str, str]]:
-    """(case, measured, reference, result, target) rows for the Markdown table."""
-    rows = []
-    if "full" in r:
-        impl = r["full"]["impl"]
-        ours_t = impl[bi.OURS]["s_per_iter"]
-        for ref, key in ((bi.MLLIB, "full_mllib"), (bi.SKLEARN, "full_sklearn")):
-            other = impl[ref]
-            if other["failure"]:
-                rows.append((f"full {_size(r['full']['size'])}", _s(ours_t),
-                             f"{ref}: failed ({other['failure']})", "-", f">= {TARGETS[key]}x"))
-                continue
-            ratio = _ratio(ours_t, other["s_per_iter"])
-            rows.append((f"full {_size(r['full']['size'])}", f"{_s(ours_t)}/iter",
-                         f"{ref}: {_s(other['s_per_iter'])}/iter", _times(ratio, "faster"),
-                         f">= {TARGETS[key]}x: {_verdict(_check(ratio, TARGETS[key], True))}"))
-        floor = impl["numpy floor (1 core)"]["s_per_iter"]
-        ideal = _ratio(ours_t, floor / CORES)
-        rows.append((f"full {_size(r['full']['size'])}", f"{_s(ours_t)}/iter",
-                     f"numpy floor: {_s(floor)}/iter on 1 core, {_s(floor / CORES)} on "
-                     f"{CORES}", f"{ideal:.0%} of the ideal", "-"))
-        share = 1.0 - ideal
-        rows.append(("overhead (Spark + transfer share)", f"{share:.0%}",
-                     "1 - (floor / cores) / spark_gmm", "",
-                     f"<= {TARGETS['overhead']:.0%}: "
-                     f"{_verdict(_check(share, TARGETS['overhead'], False))}"))
-    if "full64" in r:
-        impl = r["full64"]["impl"]
-        o, s, m = impl[bi.OURS], impl[bi.SKLEARN], impl[bi.MLLIB]
-        ratio = _ratio(o["s_per_iter"], s["s_per_iter"])
-        dll = abs(o["mean_log_likelihood"] - s["mean_log_likelihood"])
-        label = f"full {_size(r['full64']['size'])}"
-        rows.append((label, f"{_s(o['s_per_iter'])}/iter",
-                     f"{bi.SKLEARN}: {_s(s['s_per_iter'])}/iter", _times(ratio, "faster"),
-                     f">= {TARGETS['full64_sklearn']}x: "
-                     f"{_verdict(_check(ratio, TARGETS['full64_sklearn'], True))}"))
-        rows.append((label, f"mean log-lik {o['mean_log_likelihood']:.8f}",
-                     f"{bi.SKLEARN}: {s['mean_log_likelihood']:.8f}", f"abs. difference {dll:.1e}",
-                     f"<= 1e-6: {_verdict(dll <= 1e-6)}"))
-        mllib_text = (f"failed: {m['failure']}" if m["failure"]
-                      else f"{_s(m['s_per_iter'])}/iter")
-        rows.append((label, "", f"{bi.MLLIB}: {mllib_text}",
-                     f"mean log-lik {m['mean_log_likelihood']:.4f}", "reported, not timed"))
-    if "diag" in r:
-        impl = r["diag"]["impl"]
-        o, s = impl[bi.OURS], impl[bi.SKLEARN]
-        ratio = _ratio(o["s_per_iter"], s["s_per_iter"])
-        floor = impl["numpy floor (1 core)"]["s_per_iter"]
-        rows.append((f"diag {_size(r['diag']['size'])}", f"{_s(o['s_per_iter'])}/iter",
-                     f"{bi.SKLEARN} (diag): {_s(s['s_per_iter'])}/iter; numpy floor "
-                     f"{_s(floor)} on 1 core", _times(ratio, "faster"),
-                     f">= {TARGETS['diag_sklearn']}x: "
-                     f"{_verdict(_check(ratio, TARGETS['diag_sklearn'], True))}"))
-    if "scaling" in r:
-        pts = r["scaling"]
-        text = ", ".join(f"{p['n'] / 1e6:g}M: {_s(p['s_per_iter'])}" for p in pts)
-        by_n = {p["n"]: p["s_per_iter"] for p in pts}
-        base = pts[-1]["n"] // 4
-        if base in by_n:
-            ratio = _ratio(by_n[base], by_n[pts[-1]["n"]])
-            rows.append(("scaling, full 16 x 8", text,
-                         f"N={pts[-1]['n']:,} vs N={base:,}", _times(ratio, "the time"),
-                         f"<= {TARGETS['scaling_4x']}x: "
-                         f"{_verdict(_check(ratio, TARGETS['scaling_4x'], False))}"))
-    if r.get("driver_memory"):
-        memory = r["driver_memory"]
-        mem = ", ".join(f"N={m['n']:,}: {m['peak_python_driver_mib']:.1f} MiB" for m in memory)
-        peaks = [m["peak_python_driver_mib"] for m in memory]
-        flat = max(peaks) <= 1.25 * min(peaks) if len(peaks) > 1 else None
-        rows.append(("driver memory (Python driver peak allocation during a fit)", mem,
-                     "tracemalloc", "", f"flat in N: {_verdict(flat)}"))
-    if "driver" in r:
-        drv = r["driver"]
-        share = drv["share"] if _valid(drv["s_per_iter"]) else math.nan
-        rows.append((f"driver, {drv['partitions']} partitions, N={drv['n']:,}",
-                     f"{drv['driver_split_and_m_step_s_per_iter'] * 1e3:.1f} ms/iter on the "
-                     "driver (split + M-step)", f"iteration {_s(drv['s_per_iter'])}",
-                     f"{share:.1%}", f"< {TARGETS['driver_share']:.0%}: "
-                     f"{_verdict(_check(share, TARGETS['driver_share'], False))}"))
-    if "scoring" in r:
-        sc = r["scoring"]
-        o, m = sc["seconds"][bi.OURS], sc["seconds"][bi.MLLIB]
-        ratio = _ratio(o, m)
-        rows.append((f"scoring: transform + Parquet write, {sc['n']:,} rows", _s(o),
-                     f"{bi.MLLIB}: {_s(m)}", _times(ratio, "faster"),
-                     f">= {TARGETS['scoring']}x: "
-                     f"{_verdict(_check(ratio, TARGETS['scoring'], True))}"))
-        floor = sc["seconds"].get(WRITE_FLOOR)
-        if floor is not None:
-            best_possible = _ratio(floor, m)
-            rows.append((f"scoring floor: Parquet write of MLlib's output, already computed "
-                         f"and cached, {sc['n']:,} rows", _s(floor), f"{bi.MLLIB}: {_s(m)}",
-                         f"{_times(best_possible, 'faster')} at most, for any scorer",
-                         f">= {TARGETS['scoring']}x: "
-                         f"{'reachable' if best_possible >= TARGETS['scoring'] else 'out of reach'}"
-                         ))
-    if "ninit" in r:
-        impl = r["ninit"]["impl"]
-        one, four = impl["nInit=1"]["s_per_iter"], impl["nInit=4"]["s_per_iter"]
-        ratio = _ratio(one, four)
-        rows.append((f"nInit=4 vs nInit=1, full {_size(r['ninit']['size'])}",
-                     f"{_s(four)}/iter", f"nInit=1: {_s(one)}/iter", _times(ratio, "the time"),
-                     f"<= {TARGETS['ninit']}x: "
-                     f"{_verdict(_check(ratio, TARGETS['ninit'], False))}"))
-    return rows
-
-
-def markdown(r: dict[str, Any], meta: dict[str, Any], quick: bool) -> str:
-    m, v = meta["machine"], meta["versions"]
-    mode = "QUICK MODE (smaller sizes; not the issue's sizes)" if quick else "full sizes"
+def report(results: dict[str, Any]) -> str:
+    mach = results["machine"]
     lines = [
-        f"# spark_gmm performance suite, {mode}",
+        "# Performance suite",
         "",
-        f"{meta['date']}. Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram']} RAM; "
-        f"1-minute load average {meta['load'][0]:.1f} at the start, {meta['load'][1]:.1f} "
-        f"at the end. Spark `{bi.SPARK_MASTER}`, {bi.INPUT_PARTITIONS} input partitions. "
-        f"Versions: pyspark {v['pyspark']}, numpy {v['numpy']}, scikit-learn {v['sklearn']}, "
-        f"Python {v['python']}. Per-iteration = (fit capped at {meta['long_cap']} - fit "
-        f"capped at 1) / iterations run, tol=0, random_from_data init, nInit=1, best of "
-        f"{meta['repeats']} repeat(s). Total run time {meta['seconds']:.0f} s.",
+        f"Written by `benchmarks/bench_suite.py` on {mach['date_utc']}: {mach['cpu']}, "
+        f"{mach['cores']} cores, {mach['ram_gib']} GiB RAM; "
+        + ", ".join(f"{a} {b}" for a, b in mach["versions"].items()) + ".",
+        f"Spark local[2]; {results['repeats']} interleaved rounds per case; medians with "
+        "min and max; ratios of medians.",
         "",
-        "| case | spark_gmm | reference | result | target |",
-        "|---|---|---|---|---|",
+        "**Publishable run.**" if results["verdict"]["publishable"]
+        else "**Not publishable:** " + "; ".join(results["verdict"]["reasons"]),
+        "",
+        "| measurement | median (min to max) |",
+        "|---|---|",
     ]
-    for row in table_rows(r, quick):
-        lines.append("| " + " | ".join(row) + " |")
+    for name, rep in results["cases"].items():
+        unit = "" if "share" in name else " s"
+        lines.append(f"| {name} | {timing.fmt_range(rep, unit)} |")
+    lines += ["", "| ratio (of medians) | value | goal |", "|---|---|---|"]
+    for name, value in results["derived"].items():
+        goal = GOALS.get(name)
+        verdict = ""
+        if goal:
+            op, limit = goal
+            ok = value >= limit if op == ">=" else value <= limit
+            verdict = f"{op} {limit}: {'met' if ok else '**not met**'}"
+        lines.append(f"| {name} | {value:.3f} | {verdict} |")
+    lines += ["", "```json", json.dumps(results["extra"], indent=1, default=str), "```"]
     return "\n".join(lines) + "\n"
 
 
-def chart(r: dict[str, Any], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [c for c in ("full", "full64", "diag") if c in r] + (
-        ["scaling"] if "scaling" in r else [])
-    if not panels:
-        return
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
-    for ax, case in zip(axes[0], panels, strict=True):
-        if case == "scaling":
-            pts = r["scaling"]
-            ns = [p["n"] for p in pts]
-            ts = [p["s_per_iter"] for p in pts]
-            ax.plot(ns, ts, "o-", label="spark_gmm")
-            ax.plot(ns, [ts[0] * n / ns[0] for n in ns], "--", color="grey",
-                    label="proportional to N")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("rows N (full, d=16, k=8)")
-            ax.legend(fontsize=7)
-            ax.set_title("scaling", fontsize=9)
-        else:
-            impl = r[case]["impl"]
-            names = list(impl)
-            raw = [math.nan if impl[x].get("failure") else impl[x]["s_per_iter"] for x in names]
-            vals = [x if _valid(x) else 0.0 for x in raw]
-            bars = ax.bar(range(len(names)), vals, color=[f"C{i}" for i in range(len(names))])
-            for bar, name, val in zip(bars, names, vals, strict=True):
-                label = f"{val:.2f}" if val > 0 else "below noise"
-                if impl[name].get("failure"):
-                    label = "failed"
-                ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=7)
-            ax.set_xticks(range(len(names)))
-            ax.set_xticklabels([x.replace(" (1 core)", "\n(1 core)") for x in names],
-                               fontsize=7, rotation=20)
-            ax.set_title(f"{case}: {_size(r[case]['size'])}", fontsize=9)
-        ax.set_ylabel("s / EM iteration")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, < 3 minutes")
-    parser.add_argument("--cases", default=",".join(ALL_CASES),
-                        help=f"comma-separated subset of {', '.join(ALL_CASES)}")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed fit pairs per implementation (default 3; --quick: 1)")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--output-dir", type=Path,
-                        default=Path(__file__).resolve().parent / "results")
-    args = parser.parse_args(argv)
-    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = set(args.cases) - set(ALL_CASES)
-    if unknown:
-        parser.error(f"unknown case(s) {sorted(unknown)}; choose from {', '.join(ALL_CASES)}")
-    if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
-    return args
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=timing.MIN_REPEATS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cases", default=",".join(ALL_CASES))
+    parser.add_argument("--output-dir", default=str(HERE / "results"))
+    args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("spark_gmm").setLevel(logging.ERROR)
-    bi.ignore_convergence_warnings()
-    start = time.perf_counter()
-    load_start = bi.load_average()
-    with tempfile.TemporaryDirectory(prefix="bench_suite_") as scratch:
-        suite = Suite(args.quick, args.repeats, 6 if args.quick else 11, args.seed, scratch)
-        suite.spark = bi.start_spark()
-        try:
-            for case in args.cases:
-                log.info("=== case %s ===", case)
-                CASE_FUNCTIONS[case](suite)
-        finally:
-            suite.spark.stop()
-    meta = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": bi.machine_description(),
-        "versions": bi.versions(),
-        "load": (load_start, bi.load_average()),
-        "repeats": args.repeats,
-        "long_cap": suite.long_cap,
-        "quick": args.quick,
-        "seconds": time.perf_counter() - start,
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    suite = Suite(args)
+    try:
+        for case in args.cases.split(","):
+            log.info("case %s", case)
+            CASES[case](suite)
+    finally:
+        suite.spark.stop()
+        shutil.rmtree(suite.scratch, ignore_errors=True)
+    results = {
+        "machine": timing.machine(),
+        "repeats": suite.repeats,
+        "cases": {k: v.summary() for k, v in suite.cases.items()},
+        "derived": derive(suite),
+        "extra": suite.extra,
+        "rounds": suite.run.rounds,
+        "verdict": suite.run.verdict(suite.cases),
     }
-    stem = "suite_quick" if args.quick else "suite"
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(suite.results, meta, args.quick)
-    (args.output_dir / f"{stem}.md").write_text(text)
-    (args.output_dir / f"{stem}.json").write_text(
-        json.dumps({"meta": meta, "results": suite.results}, indent=2, default=str) + "\n")
-    chart(suite.results, args.output_dir / f"{stem}.png",
-          f"spark_gmm performance suite ({'quick mode' if args.quick else 'full sizes'}), "
-          f"{meta['date']}")
-    print(text)
+    name = "suite_quick" if args.quick else "suite"
+    out = Path(args.output_dir)
+    timing.write_json(out / f"{name}.json", results)
+    (out / f"{name}.md").write_text(report(results))
+    print((out / f"{name}.md").read_text())
 
 
 if __name__ == "__main__":

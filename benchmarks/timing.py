@@ -4,10 +4,11 @@
   :data:`MIN_REPEATS` of them.
 * A case is reported as the **median** of its repeats with the min and max beside it;
   a ratio is the ratio of two medians from the same run.
-* Before each round the machine's 1-minute load average is recorded; a run is
-  *publishable* only if no round started on a busy machine (load above
-  :data:`MAX_LOAD_PER_CORE` per core, from other work) and every published case's
-  spread ``max / min`` stays within :data:`MAX_SPREAD`. A script still writes the results
+* Before each round the script waits (up to :data:`QUIET_WAIT_S`) for the 1-minute load
+  average to fall below :data:`MAX_LOAD_PER_CORE` per core (the previous round's own
+  processes take a minute to leave it), and records it; a run is *publishable* only if
+  no round started on a busy machine and every published case's spread ``max / min``
+  stays within :data:`MAX_SPREAD`. A script still writes the results
   of a run that is not publishable, marked so, and says why; the docs quote only
   publishable runs.
 """
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 MIN_REPEATS = 5
 MAX_SPREAD = 1.5
 MAX_LOAD_PER_CORE = 0.75
+QUIET_WAIT_S = 240.0
 
 
 def machine() -> dict[str, Any]:
@@ -100,7 +103,19 @@ class Run:
     cores: int = os.cpu_count() or 1
 
     def start_round(self, label: str) -> None:
-        self.rounds.append({"round": label, "load_1min": load_average()})
+        """Wait for a quiet machine (or QUIET_WAIT_S), then record the load."""
+        began = time.monotonic()
+        while load_average() > MAX_LOAD_PER_CORE * self.cores:
+            if time.monotonic() - began > QUIET_WAIT_S:
+                break
+            time.sleep(5.0)
+        self.rounds.append(
+            {
+                "round": label,
+                "load_1min": load_average(),
+                "waited_s": round(time.monotonic() - began, 1),
+            }
+        )
 
     def busy_rounds(self, own_processes: float = 0.0) -> list[str]:
         """Rounds that started with more load than this run's own processes explain."""

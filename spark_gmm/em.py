@@ -26,6 +26,7 @@ from spark_gmm import kernels
 from spark_gmm.checkpoint import Checkpointer
 from spark_gmm.errors import GaussianMixtureError, InvalidInputError
 from spark_gmm.gaussian import MixtureParameters, SufficientStatistics, m_step
+from spark_gmm.initialisation import short_em
 from spark_gmm.kmeans import kmeans, kmeans_plusplus
 
 __all__ = [
@@ -42,7 +43,7 @@ log = logging.getLogger("spark_gmm")
 
 Array = NDArray[np.float64]
 
-INIT_MODES = ("kmeans", "k-means++", "random_from_data", "random")
+INIT_MODES = ("short-em", "kmeans", "k-means++", "random_from_data", "random")
 
 _ZERO_WEIGHT = (
     "The row weights sum to 0 (in weightCol): no row carries weight. Check the weight "
@@ -181,22 +182,11 @@ class GridCell:
     error: Exception | None
 
 
-def _initial_tasks(
-    data: DataSource,
-    grid: Sequence[tuple[int, str]],
-    init_mode: str,
-    n_init: int,
-    seed: int,
-    sample_size: int,
-) -> list[tuple[int, str, int, kernels.Task]]:
-    """``(k, covariance_type, start, task)`` for every candidate of the grid.
-
-    One partition-independent sample serves every k. The starting centres depend on k
-    and the start only, so they are computed once per k and shared by all covariance
-    types; with the seeds below, the candidates of any (k, type) are exactly those of a
-    single fit with that k and type.
-    """
-    X, w = data.sample(sample_size, seed)
+def _checked_sample(
+    data: DataSource, grid: Sequence[tuple[int, str]], init_mode: str, seed: int, size: int
+) -> tuple[Array, Array]:
+    """The initialisation sample, refused when it cannot give k components."""
+    X, w = data.sample(size, seed)
     if X.shape[0] and not w.sum() > 0:
         raise InvalidInputError(_ZERO_WEIGHT)
     k_max = max(k for k, _ in grid)
@@ -212,6 +202,57 @@ def _initial_tasks(
                 f"k={k_max} but the rows have only {n_distinct} distinct values "
                 "(in the initialisation sample). Use a smaller k."
             )
+    return X, w
+
+
+def _short_em_candidates(
+    data: DataSource,
+    grid: Sequence[tuple[int, str]],
+    n_init: int,
+    seed: int,
+    sample_size: int,
+    reg_covar: float,
+) -> list[Candidate]:
+    """``initMode="short-em"``: every candidate starts where the best of its short EM
+    runs on the sample ended (:mod:`spark_gmm.initialisation`); no pass over the data.
+
+    Candidate ``i`` of every (k, type) draws from the same child seed as candidate ``i``
+    of a single fit with that k and type, so grid cells equal the separate fits.
+    """
+    X, w = _checked_sample(data, grid, "short-em", seed, sample_size)
+    seeds = np.random.SeedSequence(seed).spawn(n_init)
+    out: list[Candidate] = []
+    quiet = len(grid) * n_init == 1
+    for k in dict.fromkeys(k for k, _ in grid):
+        for i, seq in enumerate(seeds):
+            for t in (t for kk, t in grid if kk == k):
+                cand = Candidate(len(out), k, t, i)
+                start = time.perf_counter()
+                try:
+                    cand.params, _ = short_em(X, w, k, t, np.random.default_rng(seq), reg_covar)
+                except GaussianMixtureError as exc:
+                    _fail(cand, exc, quiet, "at initialisation")
+                cand.seconds += time.perf_counter() - start
+                out.append(cand)
+    return out
+
+
+def _initial_tasks(
+    data: DataSource,
+    grid: Sequence[tuple[int, str]],
+    init_mode: str,
+    n_init: int,
+    seed: int,
+    sample_size: int,
+) -> list[tuple[int, str, int, kernels.Task]]:
+    """``(k, covariance_type, start, task)`` for every candidate of the grid.
+
+    One partition-independent sample serves every k. The starting centres depend on k
+    and the start only, so they are computed once per k and shared by all covariance
+    types; with the seeds below, the candidates of any (k, type) are exactly those of a
+    single fit with that k and type.
+    """
+    X, w = _checked_sample(data, grid, init_mode, seed, sample_size)
     out: list[tuple[int, str, int, kernels.Task]] = []
     for k in dict.fromkeys(k for k, _ in grid):
         types = [t for kk, t in grid if kk == k]
@@ -278,6 +319,12 @@ def _initialise(
     init_sample_size: int,
 ) -> list[Candidate]:
     start = time.perf_counter()
+    if init_mode == "short-em":
+        candidates = _short_em_candidates(data, grid, n_init, seed, init_sample_size, reg_covar)
+        log.info(
+            "initialised %d candidate(s) in %.2f s", len(candidates), time.perf_counter() - start
+        )
+        return candidates
     specs = _initial_tasks(data, grid, init_mode, n_init, seed, init_sample_size)
     candidates = [Candidate(i, k, t, s) for i, (k, t, s, _) in enumerate(specs)]
     tasks = [task for *_, task in specs]
@@ -478,7 +525,7 @@ def fit_em(
     tol : float
         Stop a candidate when its mean (per-row) log-likelihood changes by less.
     reg_covar : float
-    init_mode : {'kmeans', 'k-means++', 'random_from_data', 'random'}
+    init_mode : {'short-em', 'kmeans', 'k-means++', 'random_from_data', 'random'}
     n_init : int
     seed : int
     initial_params : MixtureParameters, optional

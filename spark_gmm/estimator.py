@@ -90,16 +90,19 @@ class _MixtureFitParams(
     initMode: Param[str] = Param(
         Params._dummy(),
         "initMode",
-        "Initialisation: 'kmeans' (k-means on a sample, then one M-step on all rows' "
-        "nearest-centre labels), 'k-means++' (k-means++ seeds, no Lloyd iterations), "
-        "'random_from_data' (k random rows as centres), 'random' (random responsibilities).",
+        "Initialisation: 'short-em' (short EM runs on a sample from k-means, k-means++, "
+        "random-row and random-responsibility starts; the best one starts the full EM), "
+        "'kmeans' (k-means on a sample, then one M-step on all rows' nearest-centre "
+        "labels), 'k-means++' (k-means++ seeds, no Lloyd iterations), 'random_from_data' "
+        "(k random rows as centres), 'random' (random responsibilities).",
         typeConverter=TypeConverters.toString,
     )
     nInit: Param[int] = Param(
         Params._dummy(),
         "nInit",
-        "Number of initialisations run together (sharing each data pass); the one with "
-        "the best final log-likelihood is kept. Must be >= 1.",
+        "Number of full EM runs (sklearn's n_init), each from its own initialisation, run "
+        "together in shared data passes; the one with the best final log-likelihood is "
+        "kept. Must be >= 1.",
         typeConverter=TypeConverters.toInt,
     )
     logLikelihoodCol: Param[str] = Param(
@@ -160,8 +163,8 @@ class _MixtureFitParams(
             seed=_DEFAULT_SEED,
             aggregationDepth=2,
             regCovar=1e-6,
-            initMode="kmeans",
-            nInit=4,
+            initMode="short-em",
+            nInit=1,
             handleInvalid="error",
             initSampleSize=100_000,
             checkpointInterval=10,
@@ -517,6 +520,34 @@ class GaussianMixtureSummary:
             raise RuntimeError("predictions are not available on a loaded model's summary.")
         return self._model.transform(self._dataset)
 
+    @property
+    def featuresCol(self) -> str:
+        """Name of the features column of the model (MLlib's; with ``inputCols`` the
+        features are those columns and this is the unused default)."""
+        return str(self._model.getFeaturesCol()) if self._model is not None else "features"
+
+    @property
+    def predictionCol(self) -> str:
+        """Name of the predicted component column in ``predictions``."""
+        return str(self._model.getPredictionCol()) if self._model is not None else "prediction"
+
+    @property
+    def probabilityCol(self) -> str:
+        """Name of the membership probabilities column in ``predictions``."""
+        return (
+            str(self._model.getProbabilityCol()) if self._model is not None else "probability"
+        )
+
+    @property
+    def cluster(self) -> Any:
+        """The predicted component of every training row (a one-column DataFrame)."""
+        return self.predictions.select(self.predictionCol)
+
+    @property
+    def probability(self) -> Any:
+        """The membership probabilities of every training row (a one-column DataFrame)."""
+        return self.predictions.select(self.probabilityCol)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy of the numbers (no DataFrames)."""
         return {
@@ -569,8 +600,8 @@ class GaussianMixture(
         inputCols: list[str] | None = None,
         covarianceType: str = "full",
         regCovar: float = 1e-6,
-        initMode: str = "kmeans",
-        nInit: int = 4,
+        initMode: str = "short-em",
+        nInit: int = 1,
         initialModel: GaussianMixtureModel | None = None,
         logLikelihoodCol: str | None = None,
         handleInvalid: str = "error",
@@ -853,6 +884,21 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
         if p.covariance_type == "diag":
             return np.stack([np.diag(c) for c in cov])
         return np.stack([np.eye(d) * c for c in cov])
+
+    @property
+    def gaussians(self) -> list[Any]:
+        """One ``pyspark.ml.stat.MultivariateGaussian`` (mean, full covariance) per
+        component, as MLlib's (built on the driver, no Spark job)."""
+        from pyspark.ml.linalg import DenseMatrix, DenseVector
+        from pyspark.ml.stat import MultivariateGaussian
+
+        d = self.numFeatures
+        return [
+            MultivariateGaussian(
+                DenseVector(mean), DenseMatrix(d, d, cov.ravel(order="F").tolist())
+            )
+            for mean, cov in zip(self.mixtureParameters.means, self._full_covariances())
+        ]
 
     @property
     def gaussiansDF(self) -> Any:

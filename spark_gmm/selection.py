@@ -123,6 +123,9 @@ class _SelectorParams(_MixtureFitParams):
             covarianceTypes=list(COVARIANCE_TYPES),
             criterion="bic",
             nInit=1,
+            # Every cell of a grid would repeat the short EM runs of initMode="short-em"
+            # on the driver; the grid itself already explores, so k-means starts here.
+            initMode="kmeans",
         )
 
     def getKValues(self) -> list[int]:
@@ -169,7 +172,9 @@ class GaussianMixtureSelector(
     """Fit a grid of k by covariance types in shared data passes; keep the best by BIC/AIC.
 
     Every param of :class:`~spark_gmm.GaussianMixture` except ``k``, ``covarianceType``
-    and ``initialModel`` applies to every candidate (``nInit`` defaults to 1 here).
+    and ``initialModel`` applies to every candidate (``initMode`` defaults to ``kmeans``
+    here: the grid explores already, and short EM runs per cell would cost each cell
+    driver time).
 
     Examples
     --------
