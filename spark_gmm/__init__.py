@@ -3,9 +3,16 @@
 ``GaussianMixture`` is a drop-in for ``pyspark.ml.clustering.GaussianMixture`` with
 scikit-learn's numerics (log-space E-step, Cholesky of the precision, ``regCovar``, four
 covariance types, restarts sharing data passes). ``GaussianMixtureSelector`` chooses k
-and the covariance type by BIC/AIC over a grid fitted in shared data passes.
+and the covariance type by BIC/AIC over a grid fitted in shared data passes;
+``BayesianGaussianMixture`` (sklearn's variational Bayesian mixture) empties the
+components the data do not need in one fit.
 """
 
+from spark_gmm.bayesian import (
+    BayesianGaussianMixture,
+    BayesianGaussianMixtureModel,
+    BayesianGaussianMixtureSummary,
+)
 from spark_gmm.em import ConvergenceWarning
 from spark_gmm.errors import (
     ComponentCollapseError,
@@ -20,6 +27,9 @@ from spark_gmm.session import build_session
 __version__ = "0.1.0"
 
 __all__ = [
+    "BayesianGaussianMixture",
+    "BayesianGaussianMixtureModel",
+    "BayesianGaussianMixtureSummary",
     "ComponentCollapseError",
     "ComponentNotPositiveDefiniteError",
     "ConvergenceWarning",

@@ -56,7 +56,24 @@ def local_checkpoint_dir(path: str) -> Path:
     return Path(parsed.path if parsed.scheme == "file" else path)
 
 
-def _params_to_json(p: MixtureParameters) -> dict[str, Any]:
+_VARIATIONAL_ARRAYS = (
+    "weight_concentration",
+    "mean_precision",
+    "means",
+    "degrees_of_freedom",
+    "covariances",
+    "precisions_chol",
+)
+
+
+def _params_to_json(p: Any) -> dict[str, Any]:
+    if not isinstance(p, MixtureParameters):  # the variational posterior
+        return {
+            "kind": "variational",
+            "covariance_type": p.covariance_type,
+            "prior_type": p.prior_type,
+            **{name: np.asarray(getattr(p, name)).tolist() for name in _VARIATIONAL_ARRAYS},
+        }
     return {
         "covariance_type": p.covariance_type,
         "weights": p.weights.tolist(),
@@ -66,7 +83,14 @@ def _params_to_json(p: MixtureParameters) -> dict[str, Any]:
     }
 
 
-def _params_from_json(v: dict[str, Any]) -> MixtureParameters:
+def _params_from_json(v: dict[str, Any]) -> Any:
+    if v.get("kind") == "variational":
+        from spark_gmm.variational import VariationalParameters
+
+        arrays = {name: np.asarray(v[name], dtype=np.float64) for name in _VARIATIONAL_ARRAYS}
+        return VariationalParameters(
+            covariance_type=str(v["covariance_type"]), prior_type=str(v["prior_type"]), **arrays
+        )
     return MixtureParameters(
         weights=np.asarray(v["weights"], dtype=np.float64),
         means=np.asarray(v["means"], dtype=np.float64),

@@ -89,10 +89,15 @@ class TrainConfig(InputConfig):
 
 @dataclass
 class FitConfig(TrainConfig):
-    """Settings of ``spark-gmm fit``."""
+    """Settings of ``spark-gmm fit``. ``model = "bayesian"`` fits a
+    BayesianGaussianMixture (``k`` is then an upper bound)."""
 
     k: int | None = None
     covariance_type: str | None = None
+    model: str = "gmm"
+    weight_concentration_prior_type: str | None = None
+    weight_concentration_prior: float | None = None
+    effective_k_threshold: float | None = None
 
 
 @dataclass
@@ -139,6 +144,9 @@ _TYPES: dict[str, type] = {
     "criterion": str,
     "checkpoint_interval": int,
     "cache_storage_level": str,
+    "weight_concentration_prior_type": str,
+    "weight_concentration_prior": float,
+    "effective_k_threshold": float,
     "block_dtype": str,
     "max_block_size_mb": float,
 }
@@ -254,6 +262,8 @@ def load_config(cls: type, path: str | None, overrides: dict[str, Any]) -> Any:
             )
         if config.criterion not in ("bic", "aic"):
             raise ConfigError(f"'criterion' must be bic or aic; got {config.criterion!r}.")
+    if isinstance(config, FitConfig) and config.model not in ("gmm", "bayesian"):
+        raise ConfigError(f"'model' must be gmm or bayesian; got {config.model!r}.")
     if isinstance(config, TrainConfig) and config.resume and not config.checkpoint_dir:
         raise ConfigError("'resume' needs 'checkpoint_dir' (where the checkpoint is).")
     if isinstance(config, TrainConfig) and not (config.features or config.features_col):
@@ -365,8 +375,30 @@ def _parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="fit a model and save it")
     _input_flags(fit)
     _training_flags(fit)
-    fit.add_argument("--k", type=int)
+    fit.add_argument("--k", type=int, help="components (with --model bayesian: at most)")
     fit.add_argument("--covariance-type", dest="covariance_type")
+    fit.add_argument(
+        "--model",
+        help="gmm (default: maximum likelihood) or bayesian (a Dirichlet-process prior "
+        "empties the components the data do not need)",
+    )
+    fit.add_argument(
+        "--weight-concentration-prior-type",
+        dest="weight_concentration_prior_type",
+        help="bayesian: dirichlet_process (default) or dirichlet_distribution",
+    )
+    fit.add_argument(
+        "--weight-concentration-prior",
+        dest="weight_concentration_prior",
+        type=float,
+        help="bayesian: smaller favours fewer components (default 1/k)",
+    )
+    fit.add_argument(
+        "--effective-k-threshold",
+        dest="effective_k_threshold",
+        type=float,
+        help="bayesian: weight above which a component counts (default 0.01)",
+    )
     _estimator_flags(fit, "model directory to write", "directory for report.json and plots")
     select = sub.add_parser(
         "select", help="fit a grid of k and covariance types, save the best by BIC/AIC"

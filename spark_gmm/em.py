@@ -112,7 +112,7 @@ class Candidate:
     k: int
     covariance_type: str
     init_index: int = 0
-    params: MixtureParameters | None = None
+    params: Any = None  # MixtureParameters, or the variant's own parameters
     history: list[float] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = False
@@ -159,7 +159,7 @@ class EMResult:
         statistics plus driver seconds of their M-steps.
     """
 
-    params: MixtureParameters
+    params: Any  # MixtureParameters, or the variant's own (VariationalParameters)
     n_iter: int
     converged: bool
     log_likelihood: float
@@ -170,6 +170,95 @@ class EMResult:
     candidate_log_likelihoods: list[float]
     best_index: int
     seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------
+# Variants: what an E-step pass computes, what the M-step does, what EM climbs
+# ---------------------------------------------------------------------------
+
+
+class Variant(Protocol):
+    """The parts of EM that differ between maximum likelihood and the variational
+    (Bayesian) mixture; the loop below is the same for both."""
+
+    @property
+    def objective_name(self) -> str: ...
+
+    def task(self, params: Any) -> kernels.Task: ...
+
+    def m_step(self, stats: SufficientStatistics) -> Any: ...
+
+    def objective(self, stats: SufficientStatistics, params: Any) -> float: ...
+
+    def score_task(self, params: Any) -> kernels.Task: ...
+
+    def final_objective(self, stats: SufficientStatistics) -> float | None: ...
+
+    def rank(self, candidate: Candidate) -> float: ...
+
+
+@dataclass(frozen=True)
+class MaximumLikelihood:
+    """Plain EM: the objective is the mean log-likelihood of the parameters the E-step
+    used; the best start has the highest final log-likelihood."""
+
+    reg_covar: float
+    objective_name: str = "mean log-likelihood"
+
+    def task(self, params: MixtureParameters) -> kernels.Task:
+        return kernels.EMTask(params)
+
+    def m_step(self, stats: SufficientStatistics) -> MixtureParameters:
+        return m_step(stats, self.reg_covar)
+
+    def objective(self, stats: SufficientStatistics, params: Any) -> float:
+        return stats.log_likelihood / stats.total_weight
+
+    def score_task(self, params: MixtureParameters) -> kernels.Task:
+        return kernels.ScoreTask(params)
+
+    def final_objective(self, stats: SufficientStatistics) -> float | None:
+        return stats.log_likelihood / stats.total_weight
+
+    def rank(self, candidate: Candidate) -> float:
+        return candidate.final_log_likelihood
+
+
+@dataclass(frozen=True)
+class Variational:
+    """Variational Bayes (:mod:`spark_gmm.variational`): the objective is sklearn's
+    lower bound after each M-step (a total, not a mean, as sklearn's ``tol`` applies to
+    it); the best start has the highest lower bound."""
+
+    priors: Any  # spark_gmm.variational.Priors
+    reg_covar: float
+    objective_name: str = "lower bound"
+
+    def task(self, params: Any) -> kernels.Task:
+        from spark_gmm.variational import scoring_parameters
+
+        return kernels.VariationalTask(scoring_parameters(params))
+
+    def m_step(self, stats: SufficientStatistics) -> Any:
+        from spark_gmm import variational
+
+        return variational.m_step(stats, self.priors, self.reg_covar)
+
+    def objective(self, stats: SufficientStatistics, params: Any) -> float:
+        from spark_gmm.variational import lower_bound
+
+        return lower_bound(params, stats.resp_log_resp)
+
+    def score_task(self, params: Any) -> kernels.Task:
+        from spark_gmm.variational import scoring_parameters
+
+        return kernels.ScoreTask(scoring_parameters(params))
+
+    def final_objective(self, stats: SufficientStatistics) -> float | None:
+        return None
+
+    def rank(self, candidate: Candidate) -> float:
+        return candidate.history[-1] if candidate.history else float("-inf")
 
 
 @dataclass
@@ -285,11 +374,11 @@ def _fail(candidate: Candidate, error: Exception, quiet: bool, when: str) -> Non
         log.warning("candidate %s dropped %s: %s", candidate.label, when, error)
 
 
-def _m_step(candidate: Candidate, stats: SufficientStatistics, reg_covar: float) -> bool:
+def _m_step(candidate: Candidate, stats: SufficientStatistics, variant: Variant) -> bool:
     """Run the M-step into ``candidate``; False (and the error recorded) if it failed."""
     start = time.perf_counter()
     try:
-        candidate.params = m_step(stats, reg_covar)
+        candidate.params = variant.m_step(stats)
         return True
     except GaussianMixtureError as exc:
         candidate.error = exc
@@ -312,6 +401,7 @@ def _initialise(
     data: DataSource,
     grid: Sequence[tuple[int, str]],
     *,
+    variant: Variant,
     reg_covar: float,
     init_mode: str,
     n_init: int,
@@ -319,8 +409,18 @@ def _initialise(
     init_sample_size: int,
 ) -> list[Candidate]:
     start = time.perf_counter()
+    quiet = len(grid) * n_init == 1
     if init_mode == "short-em":
         candidates = _short_em_candidates(data, grid, n_init, seed, init_sample_size, reg_covar)
+        live = [c for c in candidates if c.error is None]
+        if live and not isinstance(variant, MaximumLikelihood):
+            # The short runs give ML parameters: one pass of their E-step gives the
+            # responsibilities the variant's first M-step starts from.
+            tasks: list[kernels.Task] = [kernels.EMTask(c.params) for c in live]
+            what = f"initial M-step (short-em, {len(live)} candidate(s))"
+            for cand, stats in zip(live, _pass(data, live, tasks, what)):
+                if not _m_step(cand, stats, variant):
+                    _fail(cand, cand.error, quiet, "at initialisation")  # type: ignore[arg-type]
         log.info(
             "initialised %d candidate(s) in %.2f s", len(candidates), time.perf_counter() - start
         )
@@ -331,7 +431,7 @@ def _initialise(
     quiet = len(candidates) == 1
     what = f"initial M-step ({init_mode}, {len(candidates)} candidate(s))"
     for cand, stats in zip(candidates, _pass(data, candidates, tasks, what)):
-        if not _m_step(cand, stats, reg_covar):
+        if not _m_step(cand, stats, variant):
             assert cand.error is not None
             _fail(cand, cand.error, quiet, "at initialisation")
     log.info("initialised %d candidate(s) in %.2f s", len(tasks), time.perf_counter() - start)
@@ -344,7 +444,7 @@ def _iterate(
     *,
     max_iter: int,
     tol: float,
-    reg_covar: float,
+    variant: Variant,
     done_iterations: int = 0,
     seconds: list[float] | None = None,
     checkpoint: Checkpointer | None = None,
@@ -363,26 +463,30 @@ def _iterate(
         if not live:
             break
         t0 = time.perf_counter()
-        tasks = [kernels.EMTask(c.params) for c in live]  # type: ignore[arg-type]
+        tasks = [variant.task(c.params) for c in live]
         stats_list = _pass(data, live, tasks, f"EM iteration {iteration}/{max_iter}")
         for cand, stats in zip(live, stats_list):
             if not stats.total_weight > 0:
                 raise InvalidInputError(_ZERO_WEIGHT)
-            cand.history.append(stats.log_likelihood / stats.total_weight)
-            if not _m_step(cand, stats, reg_covar):
+            if not _m_step(cand, stats, variant):
                 assert cand.error is not None
                 _fail(cand, cand.error, quiet, f"at iteration {iteration}")
                 continue
+            cand.history.append(variant.objective(stats, cand.params))
             cand.n_iter = iteration
             if len(cand.history) > 1 and abs(cand.history[-1] - cand.history[-2]) < tol:
                 cand.converged = True
         seconds.append(time.perf_counter() - t0)
-        best = max(live, key=lambda c: c.history[-1])
+        ran = [c for c in live if c.error is None]
+        if not ran:
+            continue
+        best = max(ran, key=lambda c: c.history[-1])
         change = best.history[-1] - best.history[-2] if len(best.history) > 1 else float("nan")
         log.info(
-            "EM iteration %d/%d: mean log-likelihood %.10g, change %.3g, %.2f s%s",
+            "EM iteration %d/%d: %s %.10g, change %.3g, %.2f s%s",
             iteration,
             max_iter,
+            variant.objective_name,
             best.history[-1],
             change,
             seconds[-1],
@@ -399,13 +503,15 @@ def _iterate(
     # used by BIC/AIC) and the cluster sizes; the best start is chosen on it.
     done = [c for c in candidates if c.error is None]
     if done:
-        final: list[kernels.Task] = [kernels.ScoreTask(c.params) for c in done]  # type: ignore[arg-type]
+        final = [variant.score_task(c.params) for c in done]
         what = f"score the final model{'s' if len(done) > 1 else ''}"
         for cand, stats in zip(done, _pass(data, done, final, what)):
             cand.final_log_likelihood = stats.log_likelihood
             cand.final_counts = stats.counts
             cand.final_total_weight = stats.total_weight
-            cand.history.append(stats.log_likelihood / stats.total_weight)
+            objective = variant.final_objective(stats)
+            if objective is not None:
+                cand.history.append(objective)
     return seconds
 
 
@@ -451,21 +557,24 @@ def _run(
     checkpoint: Checkpointer | None,
     resume: bool,
     initial_params: MixtureParameters | None = None,
+    variant: Variant | None = None,
     **init: Any,
 ) -> tuple[list[Candidate], list[float]]:
     """Start (or resume) the candidates of ``grid`` and run EM on all of them together.
 
     Returns the candidates in their final state and the wall time of every EM pass.
     """
+    chosen: Variant = variant if variant is not None else MaximumLikelihood(reg_covar)
     candidates, done, seconds = _start(
-        data, grid, checkpoint, resume, initial_params, reg_covar=reg_covar, **init
+        data, grid, checkpoint, resume, initial_params, variant=chosen, reg_covar=reg_covar,
+        **init,
     )
     seconds = _iterate(
         data,
         candidates,
         max_iter=max_iter,
         tol=tol,
-        reg_covar=reg_covar,
+        variant=chosen,
         done_iterations=done,
         seconds=seconds,
         checkpoint=checkpoint,
@@ -473,10 +582,14 @@ def _run(
     return candidates, seconds
 
 
-def _best_result(starts: Sequence[Candidate], iteration_seconds: list[float]) -> EMResult:
-    """The result of one (k, type): its start with the best final log-likelihood."""
+def _best_result(
+    starts: Sequence[Candidate], iteration_seconds: list[float], variant: Variant | None = None
+) -> EMResult:
+    """The result of one (k, type): its best start (the highest final log-likelihood, or
+    the variant's own ranking)."""
     done = [c for c in starts if c.error is None]
-    best = max(done, key=lambda c: c.final_log_likelihood)
+    rank = variant.rank if variant is not None else (lambda c: c.final_log_likelihood)
+    best = max(done, key=rank)
     assert best.params is not None and best.final_counts is not None
     total_weight = best.final_total_weight
     return EMResult(
@@ -512,6 +625,7 @@ def fit_em(
     init_sample_size: int = 100_000,
     checkpoint: Checkpointer | None = None,
     resume: bool = False,
+    variant: Variant | None = None,
 ) -> EMResult:
     """Fit a Gaussian mixture by EM, all candidates sharing each data pass.
 
@@ -537,12 +651,15 @@ def fit_em(
         ``checkpoint.interval`` iterations.
     resume : bool
         Continue from ``checkpoint``'s saved state when there is one.
+    variant : Variant, optional
+        What EM computes: :class:`MaximumLikelihood` (default) or :class:`Variational`.
 
     Returns
     -------
     result : EMResult
     """
     start = time.perf_counter()
+    chosen: Variant = variant if variant is not None else MaximumLikelihood(reg_covar)
     candidates, seconds = _run(
         data,
         [(k, covariance_type)],
@@ -552,6 +669,7 @@ def fit_em(
         checkpoint=checkpoint,
         resume=resume,
         initial_params=initial_params,
+        variant=chosen,
         init_mode=init_mode,
         n_init=n_init,
         seed=seed,
@@ -561,20 +679,23 @@ def fit_em(
         first = candidates[0].error
         assert first is not None
         raise first
-    result = _best_result(candidates, seconds)
+    result = _best_result(candidates, seconds, chosen)
     if not result.converged:
+        steps = result.history[-2:]
+        change = steps[-1] - steps[0] if len(steps) == 2 else float("nan")
         msg = (
-            f"EM did not converge in maxIter={max_iter} iterations (last change of the mean "
-            f"log-likelihood {result.history[-1] - result.history[-2]:.3g} > tol={tol}). "
+            f"EM did not converge in maxIter={max_iter} iterations (last change of the "
+            f"{chosen.objective_name} {change:.3g} > tol={tol}). "
             "Increase maxIter or tol, or check the data scaling."
         )
         log.warning("%s", msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
     log.info(
-        "done in %.2f s: %d iterations, converged=%s, mean log-likelihood %.10g",
+        "done in %.2f s: %d iterations, converged=%s, %s %.10g",
         time.perf_counter() - start,
         result.n_iter,
         result.converged,
+        chosen.objective_name,
         result.history[-1],
     )
     return result

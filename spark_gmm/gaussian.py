@@ -39,6 +39,7 @@ __all__ = [
     "covariances_from_precisions_cholesky",
     "estimate_log_gaussian_prob",
     "estimate_weighted_log_prob",
+    "gaussian_estimates",
     "hard_assignment_statistics",
     "m_step",
     "n_parameters",
@@ -544,6 +545,9 @@ class SufficientStatistics:
         ``sum_i w_i``.
     counts : ndarray of shape (k,)
         Number of rows whose most likely component is j (unweighted).
+    resp_log_resp : float
+        ``sum_i w_i sum_j r_ij log r_ij``, when asked for (the variational lower bound
+        needs it; see :func:`block_statistics`); not part of :meth:`to_flat`.
     """
 
     covariance_type: str
@@ -554,6 +558,7 @@ class SufficientStatistics:
     log_likelihood: float
     total_weight: float
     counts: Array
+    resp_log_resp: float = 0.0
 
     @classmethod
     def zeros(cls, covariance_type: str, centres: Array) -> SufficientStatistics:
@@ -578,6 +583,7 @@ class SufficientStatistics:
         self.log_likelihood += other.log_likelihood
         self.total_weight += other.total_weight
         self.counts += other.counts
+        self.resp_log_resp += other.resp_log_resp
         return self
 
     # Serialisation: a flat float64 vector. For full covariances only the upper triangle
@@ -759,6 +765,7 @@ def block_statistics(
     X: Array,
     sample_weight: Array | None,
     params: MixtureParameters,
+    resp_log_resp: bool = False,
 ) -> SufficientStatistics:
     """E-step on a block of rows, reduced to sufficient statistics centred on the means.
 
@@ -770,6 +777,8 @@ def block_statistics(
         Non-negative row weights; None means every row weighs 1.
     params : MixtureParameters
         The parameters of the current iteration.
+    resp_log_resp : bool
+        Also compute ``sum_i w_i sum_j r_ij log r_ij`` (one log per responsibility).
 
     Returns
     -------
@@ -785,6 +794,12 @@ def block_statistics(
     stats.counts = np.bincount(np.argmax(resp_t, axis=0), minlength=params.n_components).astype(
         np.float64
     )
+    if resp_log_resp:
+        logs = np.zeros_like(resp_t)
+        np.log(resp_t, out=logs, where=resp_t > 0.0)  # 0 log 0 = 0
+        per_row = np.einsum("kn,kn->n", resp_t, logs)
+        weighted = per_row.sum() if sample_weight is None else sample_weight @ per_row
+        stats.resp_log_resp = float(weighted)
     if sample_weight is None:
         stats.log_likelihood = float(log_prob_norm.sum())
         stats.total_weight = float(n)
@@ -931,12 +946,29 @@ def m_step(stats: SufficientStatistics, reg_covar: float) -> MixtureParameters:
     if collapsed.size:
         j = int(collapsed[0])
         raise ComponentCollapseError(j, raw_nk.shape[0], float(share[j]))
-    nk = raw_nk + _NK_EPS
-    means = stats.centres + stats.sk / nk[:, None]
-    covariances = _COVARIANCE_ESTIMATORS[stats.covariance_type](stats, nk, reg_covar)
+    nk, means, covariances = gaussian_estimates(stats, reg_covar)
     precisions_chol = compute_precision_cholesky(covariances, stats.covariance_type)
     weights = nk / nk.sum()
     return MixtureParameters(weights, means, covariances, precisions_chol, stats.covariance_type)
+
+
+def gaussian_estimates(stats: SufficientStatistics, reg_covar: float) -> tuple[Array, Array, Array]:
+    """Component sizes, means and covariances from merged statistics (sklearn's
+    ``_estimate_gaussian_parameters``): the common first half of the ML and the
+    variational M-steps.
+
+    Returns
+    -------
+    nk : ndarray of shape (k,)
+        Plus ``10 * eps``, as sklearn, so that an empty component divides by no zero.
+    means : ndarray of shape (k, d)
+    covariances : ndarray, shape per covariance type
+        With ``reg_covar`` added to the diagonal.
+    """
+    nk = stats.nk + _NK_EPS
+    means = stats.centres + stats.sk / nk[:, None]
+    covariances = _COVARIANCE_ESTIMATORS[stats.covariance_type](stats, nk, reg_covar)
+    return nk, means, covariances
 
 
 # ---------------------------------------------------------------------------

@@ -188,11 +188,23 @@ def _check_not_input(config: Any, output_path: str = "", output_table: str = "")
 
 
 def build_fit_pipeline(config: Any) -> tuple[Any, Any]:
-    """The estimator to fit (a Pipeline when --standardize) and its GaussianMixture stage."""
-    from spark_gmm import GaussianMixture
+    """The estimator to fit (a Pipeline when --standardize) and its mixture stage: a
+    GaussianMixture, or a BayesianGaussianMixture with ``model = "bayesian"``."""
+    from spark_gmm import BayesianGaussianMixture, GaussianMixture
 
-    gm = GaussianMixture(logLikelihoodCol="log_likelihood")
-    _set_estimator_params(gm, config, k=config.k, covarianceType=config.covariance_type)
+    if config.model == "bayesian":
+        gm: Any = BayesianGaussianMixture(logLikelihoodCol="log_likelihood")
+        extra = {
+            "weightConcentrationPriorType": config.weight_concentration_prior_type,
+            "weightConcentrationPrior": config.weight_concentration_prior,
+            "effectiveKThreshold": config.effective_k_threshold,
+        }
+    else:
+        gm = GaussianMixture(logLikelihoodCol="log_likelihood")
+        extra = {}
+    _set_estimator_params(
+        gm, config, k=config.k, covarianceType=config.covariance_type, **extra
+    )
     return _with_feature_stages(config, gm), gm
 
 
@@ -419,15 +431,22 @@ def _log_likelihood_quantiles(model: Any, df: Any) -> list[list[float]]:
 
 def summary_text(model: Any, seconds: float) -> str:
     s = model.summary
+    bayesian = hasattr(s, "effectiveK")
     lines = [
         f"spark_gmm fit: k={s.k}, covariance={model.getCovarianceType()}, rows={s.numRows} "
         f"(skipped {s.numSkippedRows}), iterations={s.numIter}, converged={s.converged}, "
         f"{seconds:.1f} s",
-        f"mean log-likelihood {s.meanLogLikelihood:.6f}   BIC {s.bic:.1f}   AIC {s.aic:.1f}",
+        f"Bayesian mixture: effective k {s.effectiveK} of {s.k} (weight > "
+        f"{model.getEffectiveKThreshold()}), lower bound {s.lowerBound:.6g}"
+        if bayesian
+        else f"mean log-likelihood {s.meanLogLikelihood:.6f}   BIC {s.bic:.1f}   AIC {s.aic:.1f}",
         "",
         f"{'component':>9} {'weight':>8} {'rows':>8}  mean",
     ]
-    for j, (w, size, mean) in enumerate(zip(model.weights, s.clusterSizes, model.means)):
+    rows = list(enumerate(zip(model.weights, s.clusterSizes, model.means)))
+    if bayesian:  # the weights sorted: the components the prior emptied come last
+        rows.sort(key=lambda row: -row[1][0])
+    for j, (w, size, mean) in rows:
         lines.append(f"{j:>9} {w:>8.4f} {size:>8d}  [{', '.join(f'{v:.3f}' for v in mean)}]")
     return "\n".join(lines)
 

@@ -14,6 +14,8 @@ A *task* describes one candidate model's work in a data pass:
   depend on partitioning either.
 * ``ScoreTask(params)``: E-step only (log-likelihood, cluster sizes), for a fit's final
   pass.
+* ``VariationalTask(params)``: the E-step of a variational posterior (the Bayesian
+  mixture): the EM statistics plus ``sum r log r``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from spark_gmm.gaussian import (
 Array = NDArray[np.float64]
 
 
-def _strip_covariances(task: EMTask | ScoreTask) -> None:
+def _strip_covariances(task: EMTask | ScoreTask | VariationalTask) -> None:
     """Only weights, means and Cholesky factors travel to the executors: the covariances
     are needed by the M-step alone, which runs on the driver."""
     if task.params.covariances.size:
@@ -61,6 +63,40 @@ class EMTask:
 
     def unflatten(self, flat: Array) -> SufficientStatistics:
         return SufficientStatistics.from_flat(flat, self.params.covariance_type, self.params.means)
+
+
+@dataclass(frozen=True)
+class VariationalTask:
+    """E-step of a variational posterior (``params`` from
+    :func:`spark_gmm.variational.scoring_parameters`): the EM statistics plus
+    ``sum r log r`` for the lower bound, shipped as one more number."""
+
+    params: MixtureParameters
+
+    def __post_init__(self) -> None:
+        _strip_covariances(self)
+
+    @property
+    def flat_size(self) -> int:
+        p = self.params
+        return SufficientStatistics.flat_size(p.covariance_type, p.n_components, p.n_features) + 1
+
+    def statistics(self, X: Array, w: Array | None) -> _WithEntropy:
+        return _WithEntropy(block_statistics(X, w, self.params, resp_log_resp=True))
+
+    def unflatten(self, flat: Array) -> SufficientStatistics:
+        p = self.params
+        stats = SufficientStatistics.from_flat(flat[:-1], p.covariance_type, p.means)
+        stats.resp_log_resp = float(flat[-1])
+        return stats
+
+
+@dataclass(frozen=True)
+class _WithEntropy:
+    stats: SufficientStatistics
+
+    def to_flat(self) -> Array:
+        return np.concatenate([self.stats.to_flat(), [self.stats.resp_log_resp]])
 
 
 @dataclass(frozen=True)
@@ -153,7 +189,55 @@ class ScoreTask:
         return stats
 
 
-Task = EMTask | HardTask | RandomTask | ScoreTask
+@dataclass(frozen=True)
+class Moments:
+    """Weighted mean and covariance of the rows (``ddof=1``: as ``np.cov`` on the rows
+    repeated by their weights), from sums centred on a reference point."""
+
+    total_weight: float
+    centre: Array
+    sum: Array
+    scatter: Array
+
+    @property
+    def mean(self) -> Array:
+        return self.centre + self.sum / self.total_weight
+
+    @property
+    def covariance(self) -> Array:
+        s = self.sum
+        return (self.scatter - np.outer(s, s) / self.total_weight) / (self.total_weight - 1.0)
+
+    def to_flat(self) -> Array:
+        return np.concatenate([[self.total_weight], self.sum, self.scatter.ravel()])
+
+
+@dataclass(frozen=True)
+class MomentsTask:
+    """The data's mean and covariance (the Bayesian mixture's default priors), centred on
+    ``centre`` (e.g. each feature's mid-range), so no large sum is subtracted."""
+
+    centre: Array
+
+    @property
+    def flat_size(self) -> int:
+        d = self.centre.shape[0]
+        return 1 + d + d * d
+
+    def statistics(self, X: Array, w: Array | None) -> Moments:
+        Xc = X - self.centre
+        weights = np.ones(X.shape[0]) if w is None else w
+        scatter = (Xc * weights[:, None]).T @ Xc
+        return Moments(float(weights.sum()), self.centre, weights @ Xc, scatter)
+
+    def unflatten(self, flat: Array) -> Moments:
+        d = self.centre.shape[0]
+        return Moments(
+            float(flat[0]), self.centre, np.array(flat[1 : 1 + d]), flat[1 + d :].reshape(d, d)
+        )
+
+
+Task = EMTask | HardTask | RandomTask | ScoreTask | VariationalTask | MomentsTask
 
 # Rows per kernel call. Cached blocks are small (a few hundred KiB, see
 # spark_gmm.engine), but the kernels lose up to 1.5x per row on blocks of 1-2k rows at
@@ -247,7 +331,7 @@ def tasks_statistics(blocks: Iterable[tuple[Array, Array | None]], tasks: Sequen
     return total
 
 
-def split_statistics(flat: Array, tasks: Sequence[Task]) -> list[SufficientStatistics]:
+def split_statistics(flat: Array, tasks: Sequence[Task]) -> list[Any]:
     """Cut a vector produced by :func:`tasks_statistics` back into one result per task."""
     out, pos = [], 0
     for t in tasks:

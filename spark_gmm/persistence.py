@@ -140,22 +140,27 @@ class _AtomicWriter(MLWriter):
         atomic_save(spark, path, self.saveImpl, overwrite=self.shouldOverwrite)
 
 
+def _write_arrays(spark: Any, path: str, arrays: dict[str, np.ndarray]) -> None:
+    """One Parquet row per array: name, shape, values (row-major)."""
+    rows = [
+        (name, [int(s) for s in np.shape(arr)], [float(v) for v in np.ravel(arr)])
+        for name, arr in arrays.items()
+    ]
+    spark.createDataFrame(rows, "name string, shape array<int>, values array<double>").coalesce(
+        1
+    ).write.parquet(f"{path}/data")
+
+
 class GaussianMixtureModelWriter(_AtomicWriter):
     def saveImpl(self, path: str) -> None:
         model = self.instance
         params: MixtureParameters = model.mixtureParameters
         spark = self.sparkSession
-        rows = [
-            (name, [int(s) for s in arr.shape], [float(v) for v in np.ravel(arr)])
-            for name, arr in (
-                ("weights", params.weights),
-                ("means", params.means),
-                ("covariances", params.covariances),
-            )
-        ]
-        spark.createDataFrame(rows, "name string, shape array<int>, values array<double>").coalesce(
-            1
-        ).write.parquet(f"{path}/data")
+        _write_arrays(
+            spark,
+            path,
+            {"weights": params.weights, "means": params.means, "covariances": params.covariances},
+        )
         summary = model._summary
         extra = {
             "formatVersion": FORMAT_VERSION,
@@ -178,14 +183,19 @@ def _library_version() -> str:
     return __version__
 
 
-def _load_metadata(path: str, spark: Any, expected_class: str) -> dict[str, Any]:
+def _load_metadata(path: str, spark: Any, expected: tuple[str, ...]) -> dict[str, Any]:
+    """The metadata of a save of one of the ``expected`` classes (full dotted names)."""
     try:
-        metadata = DefaultParamsReader.loadMetadata(path, _ml_context(spark), expected_class)
-    except Exception as exc:  # missing dir, empty or unparseable metadata, wrong class
+        metadata = DefaultParamsReader.loadMetadata(path, _ml_context(spark))
+    except Exception as exc:  # missing dir, empty or unparseable metadata
         raise ModelFormatError(
             f"{path} is not a complete spark_gmm save: its metadata is missing or unreadable "
             f"({short_error(exc)}). Save the model again."
         ) from None
+    if metadata.get("class") not in expected:
+        raise ModelFormatError(
+            f"{path} holds a {metadata.get('class')!r} save, not a {expected[0]}."
+        )
     version = metadata.get("formatVersion")
     if version != FORMAT_VERSION:
         raise ModelFormatError(
@@ -195,7 +205,22 @@ def _load_metadata(path: str, spark: Any, expected_class: str) -> dict[str, Any]
     return metadata
 
 
-def _load_arrays(path: str, spark: Any) -> dict[str, np.ndarray]:
+# Where classes lived in earlier versions, as their saves name them.
+_FORMER_MODULES = {"GaussianMixtureModel": "spark_gmm.estimator"}
+
+
+def _class_names(cls: type) -> tuple[str, ...]:
+    """The names a save of ``cls`` may carry: where it is now, where it was before."""
+    names = [f"{cls.__module__}.{cls.__name__}"]
+    former = _FORMER_MODULES.get(cls.__name__)
+    if former:
+        names.append(f"{former}.{cls.__name__}")
+    return tuple(names)
+
+
+def _load_arrays(
+    path: str, spark: Any, names: tuple[str, ...] = _ARRAY_NAMES
+) -> dict[str, np.ndarray]:
     try:
         rows = spark.read.parquet(f"{path}/data").collect()
     except Exception as exc:
@@ -206,7 +231,7 @@ def _load_arrays(path: str, spark: Any) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for row in rows:
         name, shape, values = row["name"], row["shape"], row["values"]
-        if name in arrays or name not in _ARRAY_NAMES:
+        if name in arrays or name not in names:
             raise ModelFormatError(f"{path}/data has an unexpected or repeated array {name!r}.")
         if shape is None or values is None or any(v is None for v in values):
             raise ModelFormatError(f"{path}/data: array {name!r} has missing values.")
@@ -215,7 +240,7 @@ def _load_arrays(path: str, spark: Any) -> dict[str, np.ndarray]:
                 f"{path}/data: array {name!r} has {len(values)} values for shape {tuple(shape)}."
             )
         arrays[name] = np.asarray(values, dtype=np.float64).reshape(shape)
-    missing = [n for n in _ARRAY_NAMES if n not in arrays]
+    missing = [n for n in names if n not in arrays]
     if missing:
         raise ModelFormatError(f"{path}/data lacks the arrays {missing}; it is incomplete.")
     return arrays
@@ -229,7 +254,7 @@ class GaussianMixtureModelReader(MLReader[Any]):
     def load(self, path: str) -> Any:
         path = path.rstrip("/")
         spark = self.sparkSession
-        metadata = _load_metadata(path, spark, "spark_gmm.estimator.GaussianMixtureModel")
+        metadata = _load_metadata(path, spark, _class_names(self.cls))
         arrays = _load_arrays(path, spark)
         k, d = int(metadata["k"]), int(metadata["numFeatures"])
         covariance_type = metadata["covarianceType"]
@@ -257,7 +282,7 @@ class GaussianMixtureModelReader(MLReader[Any]):
         model.logLikelihoodQuantiles = metadata.get("logLikelihoodQuantiles")
         summary = metadata.get("trainingSummary")
         if summary:
-            from spark_gmm.estimator import GaussianMixtureSummary
+            from spark_gmm.model import GaussianMixtureSummary
 
             model._summary = GaussianMixtureSummary.from_dict(summary, model)
         return model
@@ -293,12 +318,12 @@ class GaussianMixtureReader(MLReader[Any]):
 
     def load(self, path: str) -> Any:
         path = path.rstrip("/")
-        metadata = _load_metadata(path, self.sparkSession, "spark_gmm.estimator.GaussianMixture")
+        metadata = _load_metadata(path, self.sparkSession, _class_names(self.cls))
         estimator = self.cls()
         estimator._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(estimator, metadata)
         if metadata.get("hasInitialModel"):
-            from spark_gmm.estimator import GaussianMixtureModel
+            from spark_gmm.model import GaussianMixtureModel
 
             initial = (
                 GaussianMixtureModelReader(GaussianMixtureModel)
@@ -307,6 +332,114 @@ class GaussianMixtureReader(MLReader[Any]):
             )
             estimator.setInitialModel(initial)
         return estimator
+
+
+_POSTERIOR_ARRAYS = (
+    "weight_concentration",
+    "mean_precision",
+    "means",
+    "degrees_of_freedom",
+    "covariances",
+)
+
+
+class BayesianModelWriter(_AtomicWriter):
+    """A Bayesian model: the posterior's arrays (Parquet) and the priors (metadata)."""
+
+    def saveImpl(self, path: str) -> None:
+        model = self.instance
+        posterior = model.posterior
+        spark = self.sparkSession
+        _write_arrays(spark, path, {n: getattr(posterior, n) for n in _POSTERIOR_ARRAYS})
+        priors = model._priors
+        extra = {
+            "formatVersion": FORMAT_VERSION,
+            "libraryVersion": _library_version(),
+            "k": posterior.n_components,
+            "numFeatures": posterior.n_features,
+            "covarianceType": posterior.covariance_type,
+            "priorType": posterior.prior_type,
+            "priors": None
+            if priors is None
+            else {
+                "weightConcentrationPrior": priors.weight_concentration_prior,
+                "meanPrecisionPrior": priors.mean_precision_prior,
+                "meanPrior": np.asarray(priors.mean_prior).tolist(),
+                "degreesOfFreedomPrior": priors.degrees_of_freedom_prior,
+                "covariancePrior": np.asarray(priors.covariance_prior).tolist(),
+            },
+            "featureNames": list(model._feature_names),
+            "trainingSummary": None if model._summary is None else model._summary.to_dict(),
+            "logLikelihoodQuantiles": model.logLikelihoodQuantiles,
+        }
+        DefaultParamsWriter.saveMetadata(
+            model, path, _ml_context(spark), extra, _json_params(model)
+        )
+
+
+class BayesianModelReader(MLReader[Any]):
+    def __init__(self, cls: type) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str) -> Any:
+        from spark_gmm.gaussian import compute_precision_cholesky
+        from spark_gmm.variational import Priors, VariationalParameters
+
+        path = path.rstrip("/")
+        spark = self.sparkSession
+        metadata = _load_metadata(path, spark, _class_names(self.cls))
+        arrays = _load_arrays(path, spark, _POSTERIOR_ARRAYS)
+        k, d = int(metadata["k"]), int(metadata["numFeatures"])
+        covariance_type, prior_type = metadata["covarianceType"], metadata["priorType"]
+        expected = {
+            "weight_concentration": (2, k) if prior_type == "dirichlet_process" else (k,),
+            "mean_precision": (k,),
+            "means": (k, d),
+            "degrees_of_freedom": (k,),
+            "covariances": covariance_shape(covariance_type, k, d),
+        }
+        for name, shape in expected.items():
+            if arrays[name].shape != shape:
+                raise ModelFormatError(
+                    f"{path}: {name} has shape {arrays[name].shape} but the metadata says "
+                    f"k={k}, d={d}, {covariance_type}, {prior_type} (expected {shape})."
+                )
+        try:
+            precisions_chol = compute_precision_cholesky(arrays["covariances"], covariance_type)
+        except GaussianMixtureError as exc:
+            raise ModelFormatError(f"{path} holds invalid parameters: {exc}") from None
+        posterior = VariationalParameters(
+            covariance_type=covariance_type,
+            weight_concentration=arrays["weight_concentration"],
+            mean_precision=arrays["mean_precision"],
+            means=arrays["means"],
+            degrees_of_freedom=arrays["degrees_of_freedom"],
+            covariances=arrays["covariances"],
+            precisions_chol=precisions_chol,
+            prior_type=prior_type,
+        )
+        model = self.cls(posterior)
+        model._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(model, metadata)
+        model._feature_names = list(metadata.get("featureNames") or [])
+        model.logLikelihoodQuantiles = metadata.get("logLikelihoodQuantiles")
+        priors = metadata.get("priors")
+        if priors:
+            model._priors = Priors(
+                prior_type,
+                float(priors["weightConcentrationPrior"]),
+                float(priors["meanPrecisionPrior"]),
+                np.asarray(priors["meanPrior"], dtype=np.float64),
+                float(priors["degreesOfFreedomPrior"]),
+                np.asarray(priors["covariancePrior"], dtype=np.float64),
+            )
+        summary = metadata.get("trainingSummary")
+        if summary:
+            from spark_gmm.bayesian import BayesianGaussianMixtureSummary
+
+            model._summary = BayesianGaussianMixtureSummary.from_dict(summary, model)
+        return model
 
 
 # Stage classes a saved PipelineModel may name. PySpark's reader imports the module a
@@ -352,7 +485,7 @@ def load_any_model(path: str, spark: Any) -> Any:
     """
     from pyspark.ml import PipelineModel
 
-    from spark_gmm.estimator import GaussianMixtureModel
+    from spark_gmm.model import GaussianMixtureModel
 
     try:
         metadata = DefaultParamsReader.loadMetadata(path.rstrip("/"), _ml_context(spark))
@@ -362,6 +495,11 @@ def load_any_model(path: str, spark: Any) -> Any:
             f"({short_error(exc)})."
         ) from None
     cls = metadata.get("class", "")
+    if cls.endswith("BayesianGaussianMixtureModel") and cls.startswith("spark_gmm"):
+        from spark_gmm.bayesian import BayesianGaussianMixtureModel
+
+        bayesian = BayesianGaussianMixtureModel.load(path)
+        return bayesian, bayesian
     if cls.endswith("GaussianMixtureModel") and cls.startswith("spark_gmm"):
         model = GaussianMixtureModel.load(path)
         return model, model

@@ -105,6 +105,7 @@ def write_fit_report(
         "means": gmm.means.tolist(),
         "cluster_sizes": s.clusterSizes,
         "candidate_log_likelihoods": s.candidateLogLikelihoods,
+        **_bayesian_section(gmm),
         "spark": _spark_section(spark),
         "versions": _versions(),
         "wall_seconds": seconds,
@@ -114,6 +115,25 @@ def write_fit_report(
     if _can_plot("report.json written, plots skipped"):
         paths += _plots(out, model, gmm, df)
     return [str(p) for p in paths]
+
+
+def _bayesian_section(gmm: Any) -> dict[str, Any]:
+    """A Bayesian mixture's own numbers: effective k, the weights sorted, the lower
+    bound per iteration (its log-likelihood history is empty)."""
+    s = gmm.summary
+    if not hasattr(s, "effectiveK"):
+        return {}
+    order = sorted(range(len(gmm.weights)), key=lambda j: -gmm.weights[j])
+    return {
+        "bayesian": {
+            "effective_k": s.effectiveK,
+            "effective_k_threshold": gmm.getEffectiveKThreshold(),
+            "weights_sorted": [[j, gmm.weights[j]] for j in order],
+            "lower_bound": s.lowerBound,
+            "lower_bound_history": s.lowerBoundHistory,
+            "weight_concentration_prior_type": gmm.getWeightConcentrationPriorType(),
+        }
+    }
 
 
 def _can_plot(without_it: str) -> bool:
@@ -165,12 +185,24 @@ def _plots(out: Path, model: Any, gmm: Any, df: Any) -> list[Path]:
 
     s = gmm.summary
     paths = []
+    bayesian = hasattr(s, "effectiveK")
+    history = s.lowerBoundHistory if bayesian else s.logLikelihoodHistory
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(range(len(s.logLikelihoodHistory)), s.logLikelihoodHistory, marker="o")
+    ax.plot(range(len(history)), history, marker="o")
     ax.set_xlabel("EM iteration")
-    ax.set_ylabel("mean log-likelihood per row")
+    ax.set_ylabel("lower bound" if bayesian else "mean log-likelihood per row")
     ax.set_title(f"Convergence (converged={s.converged})")
     paths.append(_save(fig, out / "convergence.png"))
+    if bayesian:
+        order = np.argsort(gmm.weights)[::-1]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.bar(range(len(order)), np.asarray(gmm.weights)[order])
+        ax.axhline(gmm.getEffectiveKThreshold(), color="grey", linestyle="--")
+        ax.set_xticks(range(len(order)), [str(j) for j in order])
+        ax.set_xlabel("component (by weight)")
+        ax.set_ylabel("expected weight")
+        ax.set_title(f"Effective k = {s.effectiveK} of {s.k}")
+        paths.append(_save(fig, out / "weights.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(range(len(s.clusterSizes)), s.clusterSizes)

@@ -27,15 +27,10 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from spark_gmm import gaussian
 from spark_gmm.em import GridCell, fit_grid
 from spark_gmm.errors import InvalidInputError
-from spark_gmm.estimator import (
-    _OVERFLOW,
-    GaussianMixture,
-    GaussianMixtureModel,
-    _check_scale,
-    _MixtureFitParams,
-    _MixtureFitSetters,
-)
+from spark_gmm.estimator import GaussianMixture
 from spark_gmm.gaussian import COVARIANCE_TYPES
+from spark_gmm.model import GaussianMixtureModel
+from spark_gmm.params import _OVERFLOW, _check_scale, _MixtureFitParams, _MixtureFitSetters
 from spark_gmm.session import ensure_local_python_workers
 
 __all__ = [

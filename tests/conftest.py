@@ -9,6 +9,20 @@ import pytest
 from helpers import make_mixture
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Run tests/test_docs.py last, and start its documented commands now, so that they
+    overlap the rest of the suite (see test_docs.DocsRun)."""
+    docs = [item for item in items if item.module.__name__ == "test_docs"]
+    if not docs:
+        return
+    items[:] = [item for item in items if item not in docs] + docs
+    if any(item.name == "test_every_documented_command_runs_as_written" for item in docs):
+        from test_docs import DocsRun
+
+        config._spark_gmm_docs_run = DocsRun()
+        config._spark_gmm_docs_run.start()
+
+
 @pytest.fixture(scope="session")
 def spark():
     """A bare ``local[2]`` session, as a user would build it.

@@ -284,3 +284,21 @@ def test_to_sklearn_without_scikit_learn_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.mixture", None)  # import fails, as if absent
     with pytest.raises(ImportError, match=r"spark_gmm\[sklearn\]"):
         model.toSklearn()
+
+
+def test_a_model_saved_under_the_former_class_path_loads(spark, tmp_path):
+    """Saves made before GaussianMixtureModel moved to spark_gmm.model name the class
+    spark_gmm.estimator.GaussianMixtureModel; they still load, alone and in a Pipeline."""
+    import glob
+
+    model = GaussianMixtureModel.fromParameters([0.4, 0.6], [[0.0], [3.0]], [[[1.0]], [[0.5]]])
+    path = str(tmp_path / "old")
+    model.write().save(path)
+    (meta,) = glob.glob(f"{path}/metadata/part-*")
+    text = open(meta).read()
+    assert '"class":"spark_gmm.model.GaussianMixtureModel"' in text.replace(" ", "")
+    open(meta, "w").write(text.replace("spark_gmm.model.", "spark_gmm.estimator."))
+    for crc in glob.glob(f"{path}/metadata/.*.crc"):  # Hadoop's checksum of the old text
+        os.remove(crc)
+    loaded = GaussianMixtureModel.load(path)
+    np.testing.assert_array_equal(loaded.means, model.means)

@@ -19,9 +19,8 @@ MODEL = GaussianMixtureModel.fromParameters(
 
 
 def _rows(n=2500, seed=0):
-    rng = np.random.default_rng(seed)
-    X, labels = MODEL.sample(n, seed=seed)
-    return X, rng
+    X, _labels = MODEL.sample(n, seed=seed)
+    return X, None
 
 
 @pytest.fixture(params=[True, False], ids=["arrow_udf", "pandas_udf"])
