@@ -32,6 +32,8 @@ Usage::
 
     python benchmarks/bench_scale.py                   # everything (~2.5 hours here)
     python benchmarks/bench_scale.py --quick           # 1 round, N = 0.25M / 1M, no MLlib
+    python benchmarks/bench_scale.py --sizes 1M,4M,16M --mllib-sizes 1M,4M \
+        --none-size 1M --skip-8g-float32                # the committed run (~75 minutes)
 """
 
 from __future__ import annotations
@@ -363,9 +365,10 @@ def max_relative_difference(ours: dict[str, Any], sk: Any) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(args.data_dir)
-    sizes = QUICK_SIZES if args.quick else SIZES
+    sizes = QUICK_SIZES if args.quick else (args.sizes or SIZES)
+    mllib_sizes = args.mllib_sizes or MLLIB_SIZES
     largest = sizes[-1]
-    none_size = sizes[0] if args.quick else NONE_SIZE
+    none_size = sizes[0] if args.quick else (args.none_size or NONE_SIZE)
     for n in sorted(set(sizes + ([] if args.quick else [8_000_000]))):
         ensure_data(data_dir, n)
     plans = {
@@ -375,7 +378,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             [largest, {"cacheStorageLevel": "DISK_ONLY"}],
             [none_size, {"cacheStorageLevel": "NONE"}],
         ],
-        "8g": [[n, {}] for n in sizes] + [[largest, {"blockDtype": "float32"}]],
+        "8g": [[n, {}] for n in sizes]
+        + ([] if args.skip_8g_float32 else [[largest, {"blockDtype": "float32"}]]),
     }
     ours: dict[str, dict[str, timing.Repeats]] = {"2g": {}, "8g": {}}
     placements: dict[str, dict[str, Any]] = {"2g": {}, "8g": {}}
@@ -409,7 +413,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res = _run_child(
                 "mllib",
                 "2g",
-                ["--plan", json.dumps(MLLIB_SIZES), "--data-dir", str(data_dir)],
+                ["--plan", json.dumps(mllib_sizes), "--data-dir", str(data_dir)],
                 timeout=10800,
             )
             if "failure" in res:
@@ -456,6 +460,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "machine": timing.machine(),
+        "command": " ".join(["python", "benchmarks/bench_scale.py", *sys.argv[1:]]),
         "config": {
             "d": D,
             "k": K,
@@ -463,6 +468,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "our_iterations": OUR_ITERATIONS,
             "mllib_iterations": MLLIB_ITERATIONS,
             "sizes": sizes,
+            "mllib_sizes": [] if args.quick or args.skip_mllib else mllib_sizes,
+            "none_size": none_size,
             "repeats": rounds,
             "master": "local[2]",
         },
@@ -529,6 +536,8 @@ def report(results: dict[str, Any]) -> str:
         f"Written by `benchmarks/bench_scale.py` on {m['date_utc']}: {m['cpu']}, "
         f"{m['cores']} cores, {m['ram_gib']} GiB RAM; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        "",
+        f"Command: `{results.get('command', 'python benchmarks/bench_scale.py')}`",
         "",
         f"Spark local[2]; full covariances, d={D}, k={K}; {results['config']['repeats']} "
         "interleaved rounds; each cell is the median over the rounds, with min and max.",
@@ -622,12 +631,25 @@ def derive(results: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _rows(text: str) -> int:
+    text = text.strip().upper()
+    return int(float(text[:-1]) * 1_000_000) if text.endswith("M") else int(text)
+
+
+def _rows_list(text: str) -> list[int]:
+    return sorted(_rows(part) for part in text.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=timing.MIN_REPEATS)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-mllib", action="store_true")
     parser.add_argument("--data-dir", default=str(HERE / "scratch" / "scale_data"))
+    parser.add_argument("--sizes", type=_rows_list, help="rows per input, e.g. 1M,4M,16M")
+    parser.add_argument("--mllib-sizes", type=_rows_list, help="MLlib's inputs, e.g. 1M,4M")
+    parser.add_argument("--none-size", type=_rows, help="input of cacheStorageLevel=NONE")
+    parser.add_argument("--skip-8g-float32", action="store_true")
     parser.add_argument("--output-dir", default=str(HERE / "results"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)

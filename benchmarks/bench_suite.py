@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa  # module level: arrow_udf resolves the floor UDF's hints here
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -496,7 +497,6 @@ def _score_once(output: Any, sink: str, path: str) -> float:
 
 
 def case_score(s: Suite) -> None:
-    import pyarrow as pa
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql.functions import arrow_udf
 

@@ -243,7 +243,10 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
 
     @property
     def hasSummary(self) -> bool:
-        return self._summary is not None
+        """Whether the training summary of this fit is here, as MLlib means it: with its
+        ``predictions`` on the training DataFrame. A loaded model answers False (as MLlib's
+        does) but still has ``summary`` with the saved numbers (no ``predictions``)."""
+        return self._summary is not None and self._summary._dataset is not None
 
     @property
     def summary(self) -> GaussianMixtureSummary:

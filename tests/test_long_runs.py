@@ -88,8 +88,9 @@ def test_a_long_fit_leaves_no_broadcast_cache_or_memory_behind(spark, frame, sam
         settled = probes.wait_for(lambda: _settled(spark, tracked, rdds_before), 10.0)
     assert model.summary.numIter == MAX_ITER
     assert sorted(samples) == list(range(1, MAX_ITER + 1))
-    # One broadcast per data pass: initial M-step, MAX_ITER iterations, final scoring.
-    assert len(tracked.created) == MAX_ITER + 2, tracked.created
+    # One broadcast per data pass: MAX_ITER iterations and the final scoring (the default
+    # start, short EM on the driver's sample, needs no pass over the data).
+    assert len(tracked.created) == MAX_ITER + 1, tracked.created
     # During the fit: exactly the one cache, and at most the last pass's broadcast still
     # on its way out (``destroy`` removes the blocks asynchronously).
     assert {s.persistent_rdds for s in samples.values()} == {len(rdds_before) + 1}
@@ -159,6 +160,6 @@ def test_a_failed_fit_releases_its_cache_and_broadcasts(spark, frame, sampler, f
     assert 5 <= len(during) < MAX_ITER and set(during) == {len(rdds_before) + 1}, during
     if failure is _cancel_during_a_pass:
         assert "cancel" in str(info.value).lower(), info.value
-        assert len(tracked.created) == len(during) + 2  # initial pass, ..., the cancelled one
+        assert len(tracked.created) == len(during) + 1  # one per pass, the cancelled one too
     assert settled, (probes.persistent_rdd_ids(spark), rdds_before, tracked.created)
     assert _broadcast_files(spark) == files_before

@@ -93,8 +93,8 @@ def test_the_training_summary_has_every_name_of_mllibs(spark):
 # MLlib's documented example, unchanged
 # ---------------------------------------------------------------------------
 
-_MEAN = re.compile(r"gaussians\[(\d)\]\.mean$")
-_COV = re.compile(r"gaussians\[(\d)\]\.cov$")
+_MEAN = re.compile(r"^gaussians\[(\d)\]\.mean$")
+_COV = re.compile(r"^gaussians\[(\d)\]\.cov$")
 
 
 def _numbers(text: str) -> np.ndarray:

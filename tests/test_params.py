@@ -63,8 +63,9 @@ def test_init_sample_size_decides_the_rows_of_the_initialisation(spark):
     # Overlapping components: k-means on 100 rows and on all 900 find different centres.
     X, _ = make_mixture(n=900, d=2, k=3, seed=31, separation=1.0)
     df = spark.createDataFrame(pd.DataFrame(X, columns=COLS)).repartition(5)
-    small = _fit(df, seed=4, initSampleSize=100, maxIter=1)
-    large = _fit(df, seed=4, initSampleSize=100_000, maxIter=1)
+    kmeans = {"seed": 4, "maxIter": 1, "initMode": "kmeans", "nInit": 4}
+    small = _fit(df, initSampleSize=100, **kmeans)
+    large = _fit(df, initSampleSize=100_000, **kmeans)
     assert rel_err(small.means, large.means) > 1e-6
     # With every row in the sample, the driver-side k-means saw all of X: the same start
     # as the in-memory engine's.

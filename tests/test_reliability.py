@@ -525,7 +525,7 @@ def test_memory_guard_before_any_spark_job(spark, job, inputs, tmp_path):
             "--output",
             tmp_path / "m",
         ),
-        "4 candidate(s) (k=100 full) on d=2000 features",
+        "1 candidate(s) (k=100 full) on d=2000 features",
         "per executor task (limit",
         "on the driver (limit",
         "covarianceType='diag'",

@@ -165,7 +165,13 @@ def test_selection_equals_separate_fits_and_best_model_round_trips(shaped_df, tm
     result = selector.fit(df)
     for (k, t), model in result.models.items():
         alone = GaussianMixture(
-            k=k, covarianceType=t, inputCols=["x", "y"], nInit=2, seed=11, maxIter=40
+            k=k,
+            covarianceType=t,
+            inputCols=["x", "y"],
+            nInit=2,
+            seed=11,
+            maxIter=40,
+            initMode=selector.getInitMode(),  # the selector's default start differs
         ).fit(df)
         assert rel_err(model.means, alone.means) < 1e-12
         assert rel_err(model.covariances, alone.covariances) < 1e-12

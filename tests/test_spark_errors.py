@@ -56,7 +56,7 @@ def test_non_numeric_column(good, caplog):
         ({"k": 2, "covarianceType": "banana"}, "covarianceType must be one of full, tied"),
         ({"k": 2, "regCovar": -1.0}, "regCovar must be a finite number >= 0"),
         ({"k": 2, "nInit": 0}, "nInit must be >= 1"),
-        ({"k": 2, "initMode": "magic"}, "initMode must be one of kmeans"),
+        ({"k": 2, "initMode": "magic"}, "initMode must be one of short-em, kmeans"),
         ({"k": 2, "maxIter": 0}, "maxIter must be >= 1"),
         ({"k": 2, "handleInvalid": "ignore"}, "handleInvalid must be one of error, skip, keep"),
     ],

@@ -186,7 +186,11 @@ def test_vector_and_array_feature_columns(spark, data):
         assert rel_err(m.means, by_cols.means) < 1e-12
     f32 = arr_df.select(F.col("arr").cast("array<float>").alias("arr"))
     by_f32 = GaussianMixture(k=3, featuresCol="arr", seed=5).fit(f32)
-    assert rel_err(by_f32.means, by_cols.means) < 1e-5
+    # Rounding to float32 may break the tie between equally good starts differently, so
+    # the same optimum can come back in another component order.
+    order = [int(np.argmin(np.abs(by_f32.means - m).sum(axis=1))) for m in by_cols.means]
+    assert sorted(order) == [0, 1, 2]
+    assert rel_err(by_f32.means[order], by_cols.means) < 1e-5
     assert by_arr.transform(arr_df).count() == len(X)
 
 
