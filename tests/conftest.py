@@ -16,6 +16,8 @@ def pytest_collection_modifyitems(session, config, items):
     if not docs:
         return
     items[:] = [item for item in items if item not in docs] + docs
+    if config.option.collectonly:
+        return
     if any(item.name == "test_every_documented_command_runs_as_written" for item in docs):
         from test_docs import DocsRun
 

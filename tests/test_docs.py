@@ -130,12 +130,29 @@ class DocsRun:
         repo.mkdir()
         home.mkdir()
         _fresh_copy(repo)
-        lines = ["set -euo pipefail", "make demo", "source .venv/bin/activate"]
+        lines = ["set -euo pipefail", "make demo 2>&1 | tee .demo.out"]
+        lines.append("source .venv/bin/activate")
+        documented = []
         for page in PAGES:
             for code, runnable in shell_blocks(page.read_text()):
                 if runnable and code.strip() != "source .venv/bin/activate":
+                    commands = [line.split("#")[0].strip() for line in code.splitlines()]
                     lines.append(f"echo '>>> {page.relative_to(ROOT)}'")
+                    if set(filter(None, commands)) <= set(documented):
+                        continue  # the same commands, verbatim, already ran above
                     lines.append(code)
+                    documented += commands
+        # The three commands `make demo` prints under "Try next" run too (those a page
+        # already ran, verbatim, are not run twice).
+        (repo / ".documented.txt").write_text("\n".join(filter(None, documented)) + "\n")
+        lines += [
+            "echo '>>> make demo: Try next'",
+            r"sed -n '/^Try next/,$p' .demo.out"
+            r" | sed -n 's/^  \(.*[^ ]\) *# .*$/\1/p' > .next.sh",
+            'test "$(wc -l < .next.sh)" -eq 3',
+            'while IFS= read -r cmd; do grep -qxF -- "$cmd" .documented.txt'
+            ' || { echo "+ $cmd"; eval "$cmd" < /dev/null > /dev/null; }; done < .next.sh',
+        ]
         script = self.base / "docs.sh"
         script.write_text("\n".join(lines) + "\n")
         env = [f"{k}={v}" for k, v in _clean_env(home).items()]

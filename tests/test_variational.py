@@ -113,7 +113,7 @@ def test_bad_priors_are_refused_with_the_param_name():
         default_priors(2, "full", mean, cov, degrees_of_freedom_prior=1.5)
     with pytest.raises(ValueError, match="weightConcentrationPriorType"):
         default_priors(2, "full", mean, cov, weight_concentration_prior_type="pitman_yor")
-    with pytest.raises(ValueError, match="covariancePrior .* shape"):
+    with pytest.raises(ValueError, match=r"covariancePrior .* shape"):
         default_priors(2, "diag", mean, cov, covariance_prior=np.ones(2))
     with pytest.raises(ValueError, match="meanPrior must have 3 values"):
         default_priors(2, "full", mean, cov, mean_prior=[0.0, 1.0])
