@@ -3,7 +3,9 @@
 * Every relative link (and its #anchor) resolves.
 * Every shell block (```bash / ```sh) runs, in order, from the root of a fresh copy of
   the repository, in a clean environment (``env -i`` with only PATH, HOME and JAVA_HOME),
-  after the quick-start step (``make demo``, then ``source .venv/bin/activate``).
+  after the quick-start step (``make demo``, then ``source .venv/bin/activate``); then the
+  three commands ``make demo`` prints under "Try next". A block or command that repeats,
+  verbatim, one that already ran is not run twice.
   A block whose info string says ``example`` (```bash example) stands for a user's
   cluster, lake or a long run, and is shown, not run.
 
