@@ -246,6 +246,31 @@ def _load_arrays(
     return arrays
 
 
+def _check_shapes(
+    path: str, arrays: dict[str, Any], expected: dict[str, tuple[int, ...]], says: str
+) -> None:
+    """Each saved array has the shape its metadata (``says``) implies."""
+    for name, shape in expected.items():
+        if arrays[name].shape != shape:
+            raise ModelFormatError(
+                f"{path}: {name} has shape {arrays[name].shape} but the metadata says "
+                f"{says} (expected {shape})."
+            )
+
+
+def _restore_model(model: Any, metadata: dict[str, Any], summary_cls: Any) -> Any:
+    """What every saved model carries beside its parameters: uid, params, feature names,
+    log-likelihood quantiles and the training summary."""
+    model._resetUid(metadata["uid"])
+    DefaultParamsReader.getAndSetParams(model, metadata)
+    model._feature_names = list(metadata.get("featureNames") or [])
+    model.logLikelihoodQuantiles = metadata.get("logLikelihoodQuantiles")
+    summary = metadata.get("trainingSummary")
+    if summary:
+        model._summary = summary_cls.from_dict(summary, model)
+    return model
+
+
 class GaussianMixtureModelReader(MLReader[Any]):
     def __init__(self, cls: type) -> None:
         super().__init__()
@@ -263,29 +288,16 @@ class GaussianMixtureModelReader(MLReader[Any]):
             "means": (k, d),
             "covariances": covariance_shape(covariance_type, k, d),
         }
-        for name, shape in expected.items():
-            if arrays[name].shape != shape:
-                raise ModelFormatError(
-                    f"{path}: {name} has shape {arrays[name].shape} but the metadata says "
-                    f"k={k}, d={d}, {covariance_type} (expected {shape})."
-                )
+        _check_shapes(path, arrays, expected, f"k={k}, d={d}, {covariance_type}")
         try:
             params = MixtureParameters.from_covariances(
                 arrays["weights"], arrays["means"], arrays["covariances"], covariance_type
             )
         except ValueError as exc:
             raise ModelFormatError(f"{path} holds invalid parameters: {exc}") from None
-        model = self.cls(params)
-        model._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(model, metadata)
-        model._feature_names = list(metadata.get("featureNames") or [])
-        model.logLikelihoodQuantiles = metadata.get("logLikelihoodQuantiles")
-        summary = metadata.get("trainingSummary")
-        if summary:
-            from spark_gmm.model import GaussianMixtureSummary
+        from spark_gmm.model import GaussianMixtureSummary
 
-            model._summary = GaussianMixtureSummary.from_dict(summary, model)
-        return model
+        return _restore_model(self.cls(params), metadata, GaussianMixtureSummary)
 
 
 class GaussianMixtureWriter(_AtomicWriter):
@@ -399,12 +411,7 @@ class BayesianModelReader(MLReader[Any]):
             "degrees_of_freedom": (k,),
             "covariances": covariance_shape(covariance_type, k, d),
         }
-        for name, shape in expected.items():
-            if arrays[name].shape != shape:
-                raise ModelFormatError(
-                    f"{path}: {name} has shape {arrays[name].shape} but the metadata says "
-                    f"k={k}, d={d}, {covariance_type}, {prior_type} (expected {shape})."
-                )
+        _check_shapes(path, arrays, expected, f"k={k}, d={d}, {covariance_type}, {prior_type}")
         try:
             precisions_chol = compute_precision_cholesky(arrays["covariances"], covariance_type)
         except GaussianMixtureError as exc:
@@ -419,11 +426,9 @@ class BayesianModelReader(MLReader[Any]):
             precisions_chol=precisions_chol,
             prior_type=prior_type,
         )
-        model = self.cls(posterior)
-        model._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(model, metadata)
-        model._feature_names = list(metadata.get("featureNames") or [])
-        model.logLikelihoodQuantiles = metadata.get("logLikelihoodQuantiles")
+        from spark_gmm.bayesian import BayesianGaussianMixtureSummary
+
+        model = _restore_model(self.cls(posterior), metadata, BayesianGaussianMixtureSummary)
         priors = metadata.get("priors")
         if priors:
             model._priors = Priors(
@@ -434,11 +439,6 @@ class BayesianModelReader(MLReader[Any]):
                 float(priors["degreesOfFreedomPrior"]),
                 np.asarray(priors["covariancePrior"], dtype=np.float64),
             )
-        summary = metadata.get("trainingSummary")
-        if summary:
-            from spark_gmm.bayesian import BayesianGaussianMixtureSummary
-
-            model._summary = BayesianGaussianMixtureSummary.from_dict(summary, model)
         return model
 
 
