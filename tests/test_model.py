@@ -142,7 +142,7 @@ def _rewrite_metadata(path, change):
         crc.unlink()
 
 
-def test_load_missing_directory(tmp_path):
+def test_load_missing_directory(spark, tmp_path):  # load reads through a session
     with pytest.raises(ModelFormatError, match="not a complete spark_gmm save"):
         GaussianMixtureModel.load(str(tmp_path / "nothing"))
 
