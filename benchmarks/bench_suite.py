@@ -667,10 +667,15 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     suite = Suite(args)
+    failed: dict[str, str] = {}
     try:
         for case in args.cases.split(","):
             log.info("case %s", case)
-            CASES[case](suite)
+            try:
+                CASES[case](suite)
+            except Exception as exc:  # one broken case must not cost an hour of the others
+                log.exception("case %s failed", case)
+                failed[case] = f"{type(exc).__name__}: {exc}"[:500]
     finally:
         suite.spark.stop()
         shutil.rmtree(suite.scratch, ignore_errors=True)
@@ -682,7 +687,11 @@ def main() -> None:
         "extra": suite.extra,
         "rounds": suite.run.rounds,
         "verdict": suite.run.verdict(suite.cases),
+        "failed_cases": failed,
     }
+    if failed:
+        results["verdict"]["publishable"] = False
+        results["verdict"]["reasons"].append("cases failed: " + ", ".join(failed))
     name = "suite_quick" if args.quick else "suite"
     out = Path(args.output_dir)
     timing.write_json(out / f"{name}.json", results)
