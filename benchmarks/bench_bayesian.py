@@ -20,6 +20,7 @@ Usage::
 
     python benchmarks/bench_bayesian.py            # ~30 minutes here
     python benchmarks/bench_bayesian.py --quick    # 100k rows, one round, 2 seeds
+    python benchmarks/bench_bayesian.py --skip-grid   # without the BIC grid, ~20 minutes
 
 Writes ``bayesian.json`` and ``bayesian.md`` to ``--output-dir``.
 """
@@ -50,14 +51,17 @@ MAX_ITER = 100
 log = logging.getLogger("bench_bayesian")
 
 
-def cost_part(spark: Any, n: int, repeats: int, scratch: str, run: timing.Run) -> dict[str, Any]:
+def cost_part(spark: Any, n: int, repeats: int, scratch: str, run: timing.Run,
+              grid: bool = True) -> dict[str, Any]:
     from spark_gmm import BayesianGaussianMixture, GaussianMixture, GaussianMixtureSelector
 
     X = make_typed_mixture(n, 16, 6, "full", seed=21)
     df = cached_features_frame(spark, X, scratch)
     seed = 3
     GaussianMixture(k=2, maxIter=1, nInit=1, seed=seed).fit(df)  # warm-up
-    walls = {"bayesian": timing.Repeats(), "gmm": timing.Repeats(), "grid": timing.Repeats()}
+    walls = {"bayesian": timing.Repeats(), "gmm": timing.Repeats()}
+    if grid:
+        walls["grid"] = timing.Repeats()
     answers: list[dict[str, Any]] = []
 
     def timed(fn: Any) -> tuple[Any, float]:
@@ -71,23 +75,27 @@ def cost_part(spark: Any, n: int, repeats: int, scratch: str, run: timing.Run) -
         run.start_round(f"cost round {r + 1}")
         bayes, seconds = timed(lambda: BayesianGaussianMixture(k=10, seed=seed).fit(df))
         walls["bayesian"].add(seconds)
-        _, seconds = timed(
+        gmm, seconds = timed(
             lambda: GaussianMixture(k=10, nInit=1, initMode="kmeans", seed=seed).fit(df)
         )
         walls["gmm"].add(seconds)
-        grid, seconds = timed(
-            lambda: GaussianMixtureSelector(
-                kValues=list(range(1, 11)), covarianceTypes=TYPES, seed=seed
-            ).fit(df)
-        )
-        walls["grid"].add(seconds)
+        choice = None
+        if grid:
+            selected, seconds = timed(
+                lambda: GaussianMixtureSelector(
+                    kValues=list(range(1, 11)), covarianceTypes=TYPES, seed=seed
+                ).fit(df)
+            )
+            walls["grid"].add(seconds)
+            choice = [selected.bestK, selected.bestCovarianceType]
         answers.append(
             {
                 "effective_k": bayes.effectiveK,
                 "weights_sorted": sorted(bayes.weights, reverse=True),
                 "iterations": bayes.summary.numIter,
                 "converged": bayes.summary.converged,
-                "grid_choice": [grid.bestK, grid.bestCovarianceType],
+                "gmm_iterations": gmm.summary.numIter,
+                "grid_choice": choice,
             }
         )
         log.info("round %d: %s", r + 1, answers[-1])
@@ -98,7 +106,7 @@ def cost_part(spark: Any, n: int, repeats: int, scratch: str, run: timing.Run) -
         "true_k": 6,
         "wall_s": {name: rep.summary() for name, rep in walls.items()},
         "ratio_bayesian_to_gmm": walls["bayesian"].median / walls["gmm"].median,
-        "ratio_grid_to_gmm": walls["grid"].median / walls["gmm"].median,
+        "ratio_grid_to_gmm": walls["grid"].median / walls["gmm"].median if grid else None,
         "rounds": answers,
         "_repeats": walls,
     }
@@ -155,15 +163,22 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|",
         f"| BayesianGaussianMixture(k=10) | {timing.fmt_range(w['bayesian'], digits=1)} |",
         f"| GaussianMixture(k=10, full, nInit=1) | {timing.fmt_range(w['gmm'], digits=1)} |",
-        f"| BIC grid k=1..10 x 4 types | {timing.fmt_range(w['grid'], digits=1)} |",
+        *(
+            [f"| BIC grid k=1..10 x 4 types | {timing.fmt_range(w['grid'], digits=1)} |"]
+            if "grid" in w else []
+        ),
         "",
-        f"- Bayesian / one fit: {c['ratio_bayesian_to_gmm']:.2f}x (goal <= 1.5x); grid / one "
-        f"fit: {c['ratio_grid_to_gmm']:.2f}x",
+        f"- Bayesian / one fit: {c['ratio_bayesian_to_gmm']:.2f}x (goal <= 1.5x)"
+        + (f"; grid / one fit: {c['ratio_grid_to_gmm']:.2f}x" if "grid" in w else
+           "; the BIC grid was not timed in this run (--skip-grid; its cost is in "
+           "selection.md)"),
         f"- effective k per round (weight > {THRESHOLD}): "
         + ", ".join(str(a["effective_k"]) for a in c["rounds"])
         + f"; iterations: {', '.join(str(a['iterations']) for a in c['rounds'])}; "
-        f"converged: {', '.join(str(a['converged']) for a in c['rounds'])}; grid's choice: "
-        + ", ".join(f"k={a['grid_choice'][0]} {a['grid_choice'][1]}" for a in c["rounds"][:1]),
+        f"converged: {', '.join(str(a['converged']) for a in c['rounds'])}; the fixed-k fit's "
+        f"iterations: {', '.join(str(a.get('gmm_iterations')) for a in c['rounds'])}"
+        + "".join(f"; grid's choice: k={a['grid_choice'][0]} {a['grid_choice'][1]}"
+                  for a in c["rounds"][:1] if a["grid_choice"]),
         "",
         f"## Known answers (20,000 x 5, k=8, the true covariance type, maxIter {MAX_ITER})",
         "",
@@ -183,6 +198,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=timing.MIN_REPEATS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--output-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--skip-grid", action="store_true",
+                        help="do not time the BIC grid (about 8 fits' time per round)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("spark_gmm").setLevel(logging.WARNING)
@@ -191,7 +208,8 @@ def main() -> None:
     spark = start_spark("bench_bayesian", ui=False)
     run = timing.Run()
     with tempfile.TemporaryDirectory() as scratch:
-        cost = cost_part(spark, 100_000 if args.quick else 1_000_000, repeats, scratch, run)
+        cost = cost_part(spark, 100_000 if args.quick else 1_000_000, repeats, scratch, run,
+                         grid=not args.skip_grid)
     answers = answers_part(spark, seeds)
     spark.stop()
     walls = cost.pop("_repeats")

@@ -134,12 +134,13 @@ class DocsRun:
         _fresh_copy(repo)
         lines = ["set -euo pipefail", "make demo 2>&1 | tee .demo.out"]
         lines.append("source .venv/bin/activate")
+        lines += ["PS4='+ ${SECONDS}s: '", "set -x"]  # each command with its start time
         documented = []
         for page in PAGES:
             for code, runnable in shell_blocks(page.read_text()):
                 if runnable and code.strip() != "source .venv/bin/activate":
                     commands = [line.split("#")[0].strip() for line in code.splitlines()]
-                    lines.append(f"echo '>>> {page.relative_to(ROOT)}'")
+                    lines.append(f"echo \">>> $SECONDS s: {page.relative_to(ROOT)}\"")
                     if set(filter(None, commands)) <= set(documented):
                         continue  # the same commands, verbatim, already ran above
                     lines.append(code)
@@ -148,12 +149,13 @@ class DocsRun:
         # already ran, verbatim, are not run twice).
         (repo / ".documented.txt").write_text("\n".join(filter(None, documented)) + "\n")
         lines += [
-            "echo '>>> make demo: Try next'",
+            'echo ">>> $SECONDS s: make demo: Try next"',
             r"sed -n '/^Try next/,$p' .demo.out"
             r" | sed -n 's/^  \(.*[^ ]\) *# .*$/\1/p' > .next.sh",
             'test "$(wc -l < .next.sh)" -eq 3',
             'while IFS= read -r cmd; do grep -qxF -- "$cmd" .documented.txt'
             ' || { echo "+ $cmd"; eval "$cmd" < /dev/null > /dev/null; }; done < .next.sh',
+            'echo ">>> $SECONDS s: end"',
         ]
         script = self.base / "docs.sh"
         script.write_text("\n".join(lines) + "\n")
@@ -184,6 +186,10 @@ class DocsRun:
 def test_every_documented_command_runs_as_written(request):
     run = getattr(request.config, "_spark_gmm_docs_run", None) or DocsRun()
     code, output = run.result()
+    # Where the time went (seconds since the start at each page), for whoever trims the
+    # suite: .pytest_cache/v/spark_gmm/docs_run_marks.
+    marks = re.findall(r"^(?:>>> |\+ \d+s: ).*$", output, re.M)
+    request.config.cache.set("spark_gmm/docs_run_marks", marks)
     assert code == 0, output[-6000:]
     # The quick start ends by naming the next commands.
     assert "Try next" in output, output[-3000:]
