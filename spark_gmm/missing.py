@@ -27,13 +27,13 @@ formed without ever subtracting two large numbers.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
 from spark_gmm.gaussian import (
+    _LOG_2PI,
     MixtureParameters,
     SufficientStatistics,
     _log_normalize,
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 Array = NDArray[np.float64]
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 def missing_patterns(X: Array) -> tuple[NDArray[np.bool_], NDArray[np.intp]]:
@@ -257,7 +256,7 @@ def score_and_proba_missing(X: Array, params: MixtureParameters) -> tuple[Array,
     log_prob_norm : ndarray of shape (n_samples,)
     resp : ndarray of shape (n_samples, k)
     """
-    weighted_log_prob, _ = _weighted_log_prob_and_completions(X, params)
+    weighted_log_prob, _ = _weighted_log_prob_and_completions(X, params, completions=False)
     return _log_normalize(weighted_log_prob)
 
 
@@ -273,6 +272,7 @@ def impute(X: Array, params: MixtureParameters) -> Array:
     X_imputed : ndarray of shape (n_samples, d)
     """
     weighted_log_prob, completed = _weighted_log_prob_and_completions(X, params)
+    assert completed is not None
     _, resp = _log_normalize(weighted_log_prob)
     out = np.array(X, dtype=np.float64, copy=True)
     missing = np.isnan(out)
@@ -282,16 +282,17 @@ def impute(X: Array, params: MixtureParameters) -> Array:
 
 
 def _weighted_log_prob_and_completions(
-    X: Array, params: MixtureParameters
-) -> tuple[Array, Array]:
-    """(n, k) weighted log-densities and (k, n, d) completed rows, for any pattern mix."""
+    X: Array, params: MixtureParameters, completions: bool = True
+) -> tuple[Array, Array | None]:
+    """(n, k) weighted log-densities and, if asked for, (k, n, d) completed rows."""
     n, d = X.shape
     k = params.n_components
     weighted_log_prob = np.empty((n, k))
-    completed = np.empty((k, n, d))
+    completed = np.empty((k, n, d)) if completions else None
     patterns, _, groups = _split(X)
     for pattern, rows in zip(patterns, groups):
         marg = _marginal(params, pattern)
         weighted_log_prob[rows], deviation = _pattern_terms(X[rows], params, marg)
-        completed[:, rows] = deviation + params.means[:, None, :]
+        if completed is not None:
+            completed[:, rows] = deviation + params.means[:, None, :]
     return weighted_log_prob, completed
