@@ -418,7 +418,6 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
         return self._set(handleInvalid=value)
 
     def _transform(self, dataset: Any) -> Any:
-        from pyspark.ml.functions import array_to_vector
         from pyspark.sql import functions as F
 
         from spark_gmm.scoring import scoring_column
@@ -444,11 +443,7 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
         if handle == "skip":
             out = out.where(F.col(f"{tmp}.prediction").isNotNull())
         out = out.withColumn(self.getPredictionCol(), F.col(f"{tmp}.prediction"))
-        proba = probability(F.col(tmp))
-        # array_to_vector fails on null; rows kept under handleInvalid='keep' have none.
-        out = out.withColumn(
-            self.getProbabilityCol(), F.when(proba.isNotNull(), array_to_vector(proba))
-        )
+        out = out.withColumn(self.getProbabilityCol(), probability(F.col(tmp)))
         ll_col = self.getLogLikelihoodCol()
         if ll_col:
             out = out.withColumn(ll_col, F.col(f"{tmp}.loglik"))

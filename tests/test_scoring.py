@@ -99,3 +99,21 @@ def test_score_arrays_builds_flat_buffers_and_null_children():
     assert proba.null_count == 1 and not proba.is_valid()[3].as_py()
     with pytest.raises(InvalidInputError, match="1 row"):
         scoring.score_arrays(arrays, spec, MODEL.mixtureParameters, "error")
+
+
+def test_dense_vectors_wrap_the_flat_buffer_as_vector_udt_values():
+    import pyarrow as pa
+    from pyspark.ml.linalg import DenseVector, VectorUDT
+
+    lists = pa.ListArray.from_arrays(
+        pa.array([0, 2, 4, 6], pa.int32()), pa.array([0.25, 0.75, 1.0, 0.0, 0.5, 0.5]),
+        mask=pa.array([False, True, False]),
+    )
+    out = scoring.dense_vectors(lists)
+    # The same Python values VectorUDT serialises a DenseVector to, row by row.
+    udt = VectorUDT()
+    expected = [udt.serialize(DenseVector([0.25, 0.75])), None, udt.serialize(DenseVector([0.5, 0.5]))]
+    assert [None if r is None else tuple(r.values()) for r in out.to_pylist()] == [
+        None if e is None else tuple(e) for e in expected
+    ]
+    assert out.field("values").values.to_pylist() == lists.values.to_pylist()
