@@ -566,7 +566,13 @@ def _run(
     """
     chosen: Variant = variant if variant is not None else MaximumLikelihood(reg_covar)
     candidates, done, seconds = _start(
-        data, grid, checkpoint, resume, initial_params, variant=chosen, reg_covar=reg_covar,
+        data,
+        grid,
+        checkpoint,
+        resume,
+        initial_params,
+        variant=chosen,
+        reg_covar=reg_covar,
         **init,
     )
     seconds = _iterate(

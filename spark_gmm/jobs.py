@@ -202,9 +202,7 @@ def build_fit_pipeline(config: Any) -> tuple[Any, Any]:
     else:
         gm = GaussianMixture(logLikelihoodCol="log_likelihood")
         extra = {}
-    _set_estimator_params(
-        gm, config, k=config.k, covarianceType=config.covariance_type, **extra
-    )
+    _set_estimator_params(gm, config, k=config.k, covarianceType=config.covariance_type, **extra)
     return _with_feature_stages(config, gm), gm
 
 

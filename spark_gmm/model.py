@@ -96,9 +96,7 @@ class GaussianMixtureSummary:
     @property
     def probabilityCol(self) -> str:
         """Name of the membership probabilities column in ``predictions``."""
-        return (
-            str(self._model.getProbabilityCol()) if self._model is not None else "probability"
-        )
+        return str(self._model.getProbabilityCol()) if self._model is not None else "probability"
 
     @property
     def cluster(self) -> Any:

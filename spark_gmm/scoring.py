@@ -223,8 +223,7 @@ def _pandas_column(
         vector = columns[0]
         size_ok = F.size(vector) == spec.n_features
         columns = [
-            F.when(size_ok, vector.getItem(j)).alias(f"_gmm_f{j}")
-            for j in range(spec.n_features)
+            F.when(size_ok, vector.getItem(j)).alias(f"_gmm_f{j}") for j in range(spec.n_features)
         ]
         spec = make_spec("columns", [spec.names[0]] * spec.n_features, spec.n_features, None)
     k = params.n_components

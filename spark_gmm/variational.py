@@ -163,8 +163,7 @@ def default_priors(
     mpp = 1.0 if mean_precision_prior is None else float(mean_precision_prior)
     if not (wcp > 0 and mpp > 0):
         raise ValueError(
-            "weightConcentrationPrior and meanPrecisionPrior must be > 0; got "
-            f"{wcp} and {mpp}."
+            f"weightConcentrationPrior and meanPrecisionPrior must be > 0; got {wcp} and {mpp}."
         )
     m0 = mean if mean_prior is None else np.asarray(mean_prior, dtype=np.float64)
     if m0.shape != (d,):
@@ -272,9 +271,7 @@ def m_step(stats: SufficientStatistics, priors: Priors, reg_covar: float) -> Var
     elif ct == "tied":
         dof = np.full(k, nu0 + nk.sum() / k)
         covariances = (
-            cov0
-            + sk * nk.sum() / k
-            + beta0 / k * ((nk / mean_precision)[:, None] * diff).T @ diff
+            cov0 + sk * nk.sum() / k + beta0 / k * ((nk / mean_precision)[:, None] * diff).T @ diff
         ) / dof[0]
     elif ct == "diag":
         dof = nu0 + nk
@@ -283,9 +280,7 @@ def m_step(stats: SufficientStatistics, priors: Priors, reg_covar: float) -> Var
         ) / dof[:, None]
     else:
         dof = nu0 + nk
-        covariances = (
-            cov0 + nk * (sk + beta0 / mean_precision * np.mean(diff**2, axis=1))
-        ) / dof
+        covariances = (cov0 + nk * (sk + beta0 / mean_precision * np.mean(diff**2, axis=1))) / dof
     precisions_chol = compute_precision_cholesky(covariances, ct)
     return VariationalParameters(
         ct,
@@ -318,9 +313,7 @@ def log_offsets(vp: VariationalParameters) -> Array:
         digamma(0.5 * (nu[None, :] - np.arange(d)[:, None])), axis=0
     )
     return np.asarray(
-        expected_log_weights(vp)
-        - 0.5 * d * np.log(nu)
-        + 0.5 * (log_lambda - d / vp.mean_precision)
+        expected_log_weights(vp) - 0.5 * d * np.log(nu) + 0.5 * (log_lambda - d / vp.mean_precision)
     )
 
 
@@ -332,7 +325,10 @@ def scoring_parameters(vp: VariationalParameters) -> MixtureParameters:
     with np.errstate(under="ignore"):
         weights = np.exp(offsets)
     return MixtureParameters(
-        weights, vp.means.copy(), vp.covariances.copy(), vp.precisions_chol.copy(),
+        weights,
+        vp.means.copy(),
+        vp.covariances.copy(),
+        vp.precisions_chol.copy(),
         vp.covariance_type,
     )
 

@@ -62,9 +62,9 @@ def main() -> None:
         ),
         flush=True,
     )
-    model.setLogLikelihoodCol("loglik").transform(df).select(
-        "prediction", "loglik"
-    ).write.parquet(output)
+    model.setLogLikelihoodCol("loglik").transform(df).select("prediction", "loglik").write.parquet(
+        output
+    )
     spark.stop()
 
 

@@ -63,14 +63,22 @@ def test_distributed_iterations_equal_sklearn_from_the_same_responsibilities(
         bounds.append(float(np.squeeze(sk._compute_lower_bound(log_resp, log_prob_norm))))
     sk._set_parameters(sk._get_parameters())
 
-    priors = default_priors(k, ct, X.mean(axis=0), np.cov(X.T),
-                            weight_concentration_prior_type=prior_type)
+    priors = default_priors(
+        k, ct, X.mean(axis=0), np.cov(X.T), weight_concentration_prior_type=prior_type
+    )
     centre = np.repeat(X.mean(axis=0)[None], k, axis=0)
     start = m_step(hard_assignment_statistics(X, None, centre, ct, resp=resp), priors, 1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = fit_em(prepared, k, ct, max_iter=T, tol=0.0, initial_params=start,
-                        variant=Variational(priors, 1e-6))
+        result = fit_em(
+            prepared,
+            k,
+            ct,
+            max_iter=T,
+            tol=0.0,
+            initial_params=start,
+            variant=Variational(priors, 1e-6),
+        )
     vp = result.params
     assert rel_err(vp.weights, sk.weights_) < 1e-8
     assert rel_err(vp.means, sk.means_) < 1e-8
@@ -110,8 +118,13 @@ def test_save_load_round_trip_and_the_score_job_model_loader(spark, data, tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = BayesianGaussianMixture(
-            k=4, inputCols=COLS, covarianceType="diag", seed=1, maxIter=20,
-            weightConcentrationPriorType="dirichlet_distribution", weightConcentrationPrior=0.5,
+            k=4,
+            inputCols=COLS,
+            covarianceType="diag",
+            seed=1,
+            maxIter=20,
+            weightConcentrationPriorType="dirichlet_distribution",
+            weightConcentrationPrior=0.5,
         ).fit(df)
     path = str(tmp_path / "bgm")
     model.write().save(path)
@@ -156,8 +169,14 @@ def test_fit_job_with_model_bayesian_reports_the_effective_k(data, tmp_path, cap
     # A short run: that the prior finds k=3 here is the estimator test's claim above; this
     # one is that the job prints, reports and saves what the fitted model says.
     config = FitConfig(
-        input=source, features=COLS, k=8, model="bayesian", seed=1, max_iter=40,
-        output=str(tmp_path / "model"), report=str(tmp_path / "r"),
+        input=source,
+        features=COLS,
+        k=8,
+        model="bayesian",
+        seed=1,
+        max_iter=40,
+        output=str(tmp_path / "model"),
+        report=str(tmp_path / "r"),
     )
     run_fit(spark, config)
     printed = capsys.readouterr().out

@@ -197,9 +197,7 @@ def test_driver_killed_with_sigkill_then_resumed_equals_uninterrupted(
     assert 3 <= killed_at < 15, "the fit was not killed mid-way"
 
     with _logged_iterations() as ran:
-        resumed = _estimator(checkpointDir=str(checkpoints), resumeFromCheckpoint=True).fit(
-            read()
-        )
+        resumed = _estimator(checkpointDir=str(checkpoints), resumeFromCheckpoint=True).fit(read())
     uninterrupted = reference.result()
     # Only the iterations after the checkpoint ran (a restart from scratch with the same
     # seed would give the same model too, but would run all 15 and the initialisation).

@@ -140,7 +140,7 @@ class DocsRun:
             for code, runnable in shell_blocks(page.read_text()):
                 if runnable and code.strip() != "source .venv/bin/activate":
                     commands = [line.split("#")[0].strip() for line in code.splitlines()]
-                    lines.append(f"echo \">>> $SECONDS s: {page.relative_to(ROOT)}\"")
+                    lines.append(f'echo ">>> $SECONDS s: {page.relative_to(ROOT)}"')
                     if set(filter(None, commands)) <= set(documented):
                         continue  # the same commands, verbatim, already ran above
                     lines.append(code)

@@ -22,7 +22,11 @@ def _fit(X, k, mode, n_init=1, seed=0, n_blocks=1):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return fit_em(
-            InMemoryData(X, n_blocks=n_blocks), k, "full", init_mode=mode, n_init=n_init,
+            InMemoryData(X, n_blocks=n_blocks),
+            k,
+            "full",
+            init_mode=mode,
+            n_init=n_init,
             seed=seed,
         )
 
@@ -39,8 +43,12 @@ def test_short_em_keeps_the_run_with_the_highest_log_likelihood():
 
 @pytest.mark.parametrize(
     "spreads, weights, d",
-    [([1.0, 3.0], [0.6, 0.4], 2), ([1.0, 3.0, 10.0], [0.5, 0.3, 0.2], 2),
-     ([1.0, 5.0], [0.7, 0.3], 10), ([1.0, 3.0, 10.0], [0.4, 0.35, 0.25], 10)],
+    [
+        ([1.0, 3.0], [0.6, 0.4], 2),
+        ([1.0, 3.0, 10.0], [0.5, 0.3, 0.2], 2),
+        ([1.0, 5.0], [0.7, 0.3], 10),
+        ([1.0, 3.0, 10.0], [0.4, 0.35, 0.25], 10),
+    ],
 )
 def test_short_em_reaches_at_least_the_kmeans_optimum_on_scale_mixtures(spreads, weights, d):
     X, _ = _scale_mixture(4000, d, spreads, weights)
@@ -48,8 +56,11 @@ def test_short_em_reaches_at_least_the_kmeans_optimum_on_scale_mixtures(spreads,
     for seed in range(3):
         default = _fit(X, k, "short-em", seed=seed)
         kmeans = _fit(X, k, "kmeans", seed=seed)
-        assert default.history[-1] >= kmeans.history[-1] - 1e-3, (seed, default.history[-1],
-                                                                  kmeans.history[-1])
+        assert default.history[-1] >= kmeans.history[-1] - 1e-3, (
+            seed,
+            default.history[-1],
+            kmeans.history[-1],
+        )
 
 
 def test_short_em_on_separated_clusters_matches_kmeans_and_does_not_depend_on_blocks():

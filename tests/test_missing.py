@@ -22,10 +22,12 @@ def _params(X, k, covariance_type, seed=0):
     """A non-converged mixture fitted to X (sklearn, 2 iterations)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gm = SkGaussianMixture(k, covariance_type=covariance_type, max_iter=2,
-                               random_state=seed).fit(X)
-    return MixtureParameters.from_covariances(gm.weights_, gm.means_, gm.covariances_,
-                                              covariance_type)
+        gm = SkGaussianMixture(
+            k, covariance_type=covariance_type, max_iter=2, random_state=seed
+        ).fit(X)
+    return MixtureParameters.from_covariances(
+        gm.weights_, gm.means_, gm.covariances_, covariance_type
+    )
 
 
 def _full_covariances(params):
@@ -69,9 +71,9 @@ def _reference_statistics(X, weights, params):
             )
             completed[j] = x
             completed[j, m] = mu[m] + cov[np.ix_(m, o)] @ inv_oo @ diff
-            cond[j][np.ix_(m, m)] = cov[np.ix_(m, m)] - cov[np.ix_(m, o)] @ inv_oo @ cov[
-                np.ix_(o, m)
-            ]
+            cond[j][np.ix_(m, m)] = (
+                cov[np.ix_(m, m)] - cov[np.ix_(m, o)] @ inv_oo @ cov[np.ix_(o, m)]
+            )
         top = log_dens.max()
         lse = top + np.log(np.exp(log_dens - top).sum())
         r = np.exp(log_dens - lse) * weights[i]
@@ -169,8 +171,10 @@ def _matched_errors(params, true_means, true_covs):
     order = [int(np.argmin(np.linalg.norm(params.means - mu, axis=1))) for mu in true_means]
     assert sorted(order) == list(range(len(true_means)))
     covs = _full_covariances(params)[order]
-    return (float(np.max(np.abs(params.means[order] - true_means))),
-            float(np.max(np.abs(covs - true_covs))))
+    return (
+        float(np.max(np.abs(params.means[order] - true_means))),
+        float(np.max(np.abs(covs - true_covs))),
+    )
 
 
 @pytest.mark.parametrize("mechanism", ["MCAR", "MAR"])
@@ -199,9 +203,10 @@ def test_recovers_the_truth_better_than_dropping_or_mean_imputing(mechanism):
     dropped = _em(Xm[complete], start)
     imputed_rows = np.where(np.isnan(Xm), np.nanmean(Xm, axis=0), Xm)
     imputed = _em(imputed_rows, start)
-    errors = {name: _matched_errors(p, true_means, true_covs)
-              for name, p in (("marginalise", marginalised), ("drop", dropped),
-                              ("mean-impute", imputed))}
+    errors = {
+        name: _matched_errors(p, true_means, true_covs)
+        for name, p in (("marginalise", marginalised), ("drop", dropped), ("mean-impute", imputed))
+    }
     ours = errors["marginalise"]
     for other in ("drop", "mean-impute"):
         assert ours[0] < errors[other][0] and ours[1] < errors[other][1], errors
@@ -219,16 +224,25 @@ def test_impute_fills_with_the_conditional_expectation():
     covs = _full_covariances(params)
     for i in range(50):
         x = Xm[i]
-        dens = np.array([
-            params.weights[j] * np.exp(-0.5 * (x[:2] - params.means[j, :2])
-                                       @ np.linalg.inv(covs[j][:2, :2])
-                                       @ (x[:2] - params.means[j, :2]))
-            / np.sqrt(np.linalg.det(2 * np.pi * covs[j][:2, :2]))
-            for j in range(2)
-        ])
+        dens = np.array(
+            [
+                params.weights[j]
+                * np.exp(
+                    -0.5
+                    * (x[:2] - params.means[j, :2])
+                    @ np.linalg.inv(covs[j][:2, :2])
+                    @ (x[:2] - params.means[j, :2])
+                )
+                / np.sqrt(np.linalg.det(2 * np.pi * covs[j][:2, :2]))
+                for j in range(2)
+            ]
+        )
         r = dens / dens.sum()
-        cond = [params.means[j, 2] + covs[j][2, :2] @ np.linalg.solve(
-            covs[j][:2, :2], x[:2] - params.means[j, :2]) for j in range(2)]
+        cond = [
+            params.means[j, 2]
+            + covs[j][2, :2] @ np.linalg.solve(covs[j][:2, :2], x[:2] - params.means[j, :2])
+            for j in range(2)
+        ]
         assert out[i, 2] == pytest.approx(r @ cond, rel=1e-10)
 
 
@@ -242,8 +256,7 @@ def test_parameters_without_covariances_give_the_same_statistics():
     for covariance_type in COVARIANCE_TYPES:
         params = _params(X, 3, covariance_type)
         full = missing.block_statistics_missing(Xm, None, params)
-        slim = missing.block_statistics_missing(
-            Xm, None, replace(params, covariances=np.empty(0)))
+        slim = missing.block_statistics_missing(Xm, None, replace(params, covariances=np.empty(0)))
         assert rel_err(slim.scatter, full.scatter, floor=1e-9) < 1e-10
         assert slim.log_likelihood == pytest.approx(full.log_likelihood, rel=1e-12)
 

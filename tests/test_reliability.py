@@ -387,9 +387,9 @@ def test_sparse_vectors_densified_or_refused(spark, job, inputs, tmp_path):
     # row (800 KB), so a diagonal model fits...
     huge = spark.read.parquet(inputs["sparse_huge"])
     with pytest.warns(ConvergenceWarning):
-        wide = GaussianMixture(
-            k=1, featuresCol="v", covarianceType="diag", maxIter=2, tol=0.0
-        ).fit(huge)
+        wide = GaussianMixture(k=1, featuresCol="v", covarianceType="diag", maxIter=2, tol=0.0).fit(
+            huge
+        )
     expected_mean = np.zeros(100_000)
     expected_mean[0] = 1.5  # the rows are 0, 1, 2, 3 in the first coordinate
     assert np.allclose(wide.means[0], expected_mean, rtol=0, atol=1e-12)

@@ -92,8 +92,11 @@ def test_fit_and_score_an_input_larger_than_the_heap(tmp_path):
     # Really larger than memory: the heap is 512 MiB, the blocks more than 4x Spark's
     # storage memory, and the log reports the part of the cache that went to disk.
     storage = (fitted["heap_bytes"] - 300 * 2**20) * 0.6
-    cached = re.search(r"cached (\d+) rows: ([\d.]+) MiB .*: ([\d.]+) MiB in memory, "
-                       r"([\d.]+) MiB on disk", err)
+    cached = re.search(
+        r"cached (\d+) rows: ([\d.]+) MiB .*: ([\d.]+) MiB in memory, "
+        r"([\d.]+) MiB on disk",
+        err,
+    )
     assert cached, err[-3000:]
     rows, total, in_memory, on_disk = (float(g) for g in cached.groups())
     assert in_memory < 0.5 * total, cached.group(0)
@@ -173,7 +176,11 @@ def test_float32_blocks_within_the_stated_bound_on_standardized_data(spark):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return GaussianMixture(
-                k=2, inputCols=["a", "b", "c"], initialModel=start, maxIter=10, tol=0.0,
+                k=2,
+                inputCols=["a", "b", "c"],
+                initialModel=start,
+                maxIter=10,
+                tol=0.0,
                 blockDtype=dtype,
             ).fit(df)
 

@@ -106,13 +106,18 @@ def test_dense_vectors_wrap_the_flat_buffer_as_vector_udt_values():
     from pyspark.ml.linalg import DenseVector, VectorUDT
 
     lists = pa.ListArray.from_arrays(
-        pa.array([0, 2, 4, 6], pa.int32()), pa.array([0.25, 0.75, 1.0, 0.0, 0.5, 0.5]),
+        pa.array([0, 2, 4, 6], pa.int32()),
+        pa.array([0.25, 0.75, 1.0, 0.0, 0.5, 0.5]),
         mask=pa.array([False, True, False]),
     )
     out = scoring.dense_vectors(lists)
     # The same Python values VectorUDT serialises a DenseVector to, row by row.
     udt = VectorUDT()
-    expected = [udt.serialize(DenseVector([0.25, 0.75])), None, udt.serialize(DenseVector([0.5, 0.5]))]
+    expected = [
+        udt.serialize(DenseVector([0.25, 0.75])),
+        None,
+        udt.serialize(DenseVector([0.5, 0.5])),
+    ]
     assert [None if r is None else tuple(r.values()) for r in out.to_pylist()] == [
         None if e is None else tuple(e) for e in expected
     ]

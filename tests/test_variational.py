@@ -38,7 +38,9 @@ def test_special_functions_against_closed_forms():
 
 def _sklearn_run(X, resp, k, ct, prior_type):
     bgm = BayesianGaussianMixture(
-        n_components=k, covariance_type=ct, weight_concentration_prior_type=prior_type,
+        n_components=k,
+        covariance_type=ct,
+        weight_concentration_prior_type=prior_type,
         reg_covar=REG,
     )
     bgm._check_parameters(X)
@@ -53,8 +55,9 @@ def _sklearn_run(X, resp, k, ct, prior_type):
 
 
 def _our_run(X, resp, k, ct, prior_type):
-    priors = default_priors(k, ct, X.mean(axis=0), np.cov(X.T),
-                            weight_concentration_prior_type=prior_type)
+    priors = default_priors(
+        k, ct, X.mean(axis=0), np.cov(X.T), weight_concentration_prior_type=prior_type
+    )
     centre = np.repeat(X.mean(axis=0)[None], k, axis=0)
     vp = m_step(hard_assignment_statistics(X, None, centre, ct, resp=resp), priors, REG)
     bounds = []
