@@ -418,7 +418,7 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
     def _transform(self, dataset: Any) -> Any:
         from pyspark.sql import functions as F
 
-        from spark_gmm.scoring import scoring_column
+        from spark_gmm.scoring import row_based_input, scoring_column
 
         if self.getHandleInvalid() not in HANDLE_INVALID:
             raise InvalidInputError(
@@ -437,7 +437,7 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
         handle = self.getHandleInvalid()
         tmp = "__spark_gmm_out"
         column, probability = scoring_column(columns, spec, params, handle)
-        out = dataset.withColumn(tmp, column)
+        out = row_based_input(dataset, spec.names[0]).withColumn(tmp, column)
         if handle == "skip":
             out = out.where(F.col(f"{tmp}.prediction").isNotNull())
         out = out.withColumn(self.getPredictionCol(), F.col(f"{tmp}.prediction"))

@@ -20,6 +20,12 @@ Python object per row.
   converts array columns between pandas and Arrow row by row, numeric ones a column at a
   time.
 
+Spark 4.3 feeds Arrow UDFs straight from a columnar scan (Parquet, ORC) when
+``spark.sql.execution.arrow.pythonUDF.columnarInput.enabled`` is on, its default; that
+path fails on any ``VectorUDT`` in the rows, whether a passed-through ``features`` column
+or the UDF's own output ("Unsupported data type UDT"). :func:`row_based_input` keeps the
+scan row-based under the UDF when that option is on.
+
 Rows the model cannot score follow ``handleInvalid``: ``error`` raises (naming the
 columns and the count in the batch), ``skip`` and ``keep`` give null outputs (``skip``
 then drops them in the JVM).
@@ -39,7 +45,16 @@ from spark_gmm.data import FeatureSpec, batch_to_rows
 from spark_gmm.errors import InvalidInputError
 from spark_gmm.gaussian import MixtureParameters
 
-__all__ = ["OUTPUT_DDL", "dense_vectors", "has_arrow_udf", "score_arrays", "scoring_column"]
+__all__ = [
+    "OUTPUT_DDL",
+    "dense_vectors",
+    "has_arrow_udf",
+    "row_based_input",
+    "score_arrays",
+    "scoring_column",
+]
+
+_COLUMNAR_INPUT = "spark.sql.execution.arrow.pythonUDF.columnarInput.enabled"
 
 OUTPUT_DDL = "prediction int, probability array<double>, loglik double"
 _OUTPUT_FIELDS = [
@@ -65,6 +80,30 @@ def has_arrow_udf() -> bool:
     except ImportError:
         return False
     return True
+
+
+def row_based_input(dataset: Any, column: str) -> Any:
+    """``dataset``, with its rows reaching the scoring UDF row by row.
+
+    Under Spark's columnar UDF input (see the module docstring) the rows get a filter
+    that keeps every row, ``column IS NULL OR column IS NOT NULL``: a filter is a
+    row-based operator, so the scan under it converts its batches to rows as it does
+    for any other Python UDF. The optimizer keeps it (it only pushes it into the scan as
+    a data filter, which skips nothing). Without that option, or on Spark versions
+    without it, ``dataset`` is returned unchanged.
+    """
+    from pyspark.sql import functions as F
+
+    try:
+        # No default argument: given one, Spark returns it for a key nobody set, instead
+        # of the key's own default.
+        enabled = str(dataset.sparkSession.conf.get(_COLUMNAR_INPUT)).lower()
+    except Exception:  # a Spark that does not know the key
+        enabled = "false"
+    if enabled != "true":
+        return dataset
+    c = F.col(f"`{column}`")
+    return dataset.where(c.isNull() | c.isNotNull())
 
 
 def score_arrays(

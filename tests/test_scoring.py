@@ -122,3 +122,25 @@ def test_dense_vectors_wrap_the_flat_buffer_as_vector_udt_values():
         None if e is None else tuple(e) for e in expected
     ]
     assert out.field("values").values.to_pylist() == lists.values.to_pylist()
+
+
+@pytest.mark.parametrize("source", ["columns", "vector"])
+def test_transform_of_a_parquet_table_with_a_vector_column(spark, path, source, tmp_path):
+    """The usual scheduled flow: a Parquet table (here holding an ml Vector column, as
+    VectorAssembler's output saved) read and scored. On Spark 4.3 the scan feeds Arrow
+    UDFs columnar batches by default, and that path refuses any VectorUDT in the rows."""
+    X, _ = _rows(300, seed=3)
+    records = [
+        (i, Vectors.dense([float(v) for v in row]), *map(float, row)) for i, row in enumerate(X)
+    ]
+    table = str(tmp_path / "table")
+    spark.createDataFrame(records, ["id", "features", "a", "b", "c"]).write.parquet(table)
+    model = MODEL.copy().setLogLikelihoodCol("ll")
+    if source == "columns":
+        model.setInputCols(["a", "b", "c"])
+    out = model.transform(spark.read.parquet(table)).orderBy("id").collect()
+    np.testing.assert_allclose(
+        [r["probability"].toArray() for r in out], MODEL.predict_proba(X), rtol=1e-12, atol=1e-300
+    )
+    np.testing.assert_allclose([r["ll"] for r in out], MODEL.score_samples(X), rtol=1e-12)
+    assert [r["features"] for r in out] == [r[1] for r in records]
