@@ -227,6 +227,8 @@ class BayesianGaussianMixture(
         nInit: int = 1,
         logLikelihoodCol: str | None = None,
         handleInvalid: str = "error",
+        handleMissing: str = "invalid",
+        imputedCol: str | None = None,
         initSampleSize: int = 100_000,
         checkpointDir: str | None = None,
         checkpointInterval: int = 10,
@@ -280,6 +282,13 @@ class BayesianGaussianMixture(
 
     def _fit(self, dataset: Any) -> BayesianGaussianMixtureModel:
         self._validate_params()
+        if self._marginalize():
+            raise InvalidInputError(
+                "handleMissing='marginalize' is not available for the Bayesian mixture yet "
+                "(its variational E-step has no marginal form here). Use GaussianMixture "
+                "with handleMissing='marginalize', or handleInvalid='skip' to drop rows "
+                "with missing features."
+            )
         k, covariance_type = self.getK(), self.getCovarianceType()
         ensure_local_python_workers(dataset.sparkSession)
         spec, columns = self._features(dataset)

@@ -76,6 +76,7 @@ class TrainConfig(InputConfig):
     n_init: int | None = None
     seed: int | None = None
     handle_invalid: str | None = None
+    handle_missing: str | None = None
     output: str = ""
     overwrite: bool = False
     report: str = ""
@@ -127,6 +128,8 @@ class ScoreConfig(InputConfig):
     mode: str = "error"
     anomaly_quantile: float | None = None
     handle_invalid: str = "error"
+    handle_missing: str | None = None
+    imputed_col: str = ""
 
 
 _LIST_KEYS = {"features", "id_cols", "partition_by", "covariance_types"}
@@ -141,6 +144,7 @@ _TYPES: dict[str, type] = {
     "covariance_type": str,
     "init": str,
     "handle_invalid": str,
+    "handle_missing": str,
     "criterion": str,
     "checkpoint_interval": int,
     "cache_storage_level": str,
@@ -321,6 +325,12 @@ def _estimator_flags(p: argparse.ArgumentParser, output_help: str, report_help: 
     p.add_argument("--n-init", dest="n_init", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--handle-invalid", dest="handle_invalid")
+    p.add_argument(
+        "--handle-missing",
+        dest="handle_missing",
+        help="null/NaN features: invalid (default: they follow --handle-invalid) or "
+        "marginalize (EM over each row's observed features)",
+    )
     p.add_argument("--output", help=output_help)
     p.add_argument(
         "--overwrite", action="store_const", const=True, help="replace an existing model directory"
@@ -436,6 +446,17 @@ def _parser() -> argparse.ArgumentParser:
         "--handle-invalid",
         dest="handle_invalid",
         help="error (default), skip or keep (null outputs)",
+    )
+    score.add_argument(
+        "--handle-missing",
+        dest="handle_missing",
+        help="null/NaN features: invalid or marginalize (default: the model's setting)",
+    )
+    score.add_argument(
+        "--imputed-col",
+        dest="imputed_col",
+        help="also write this column: the features with missing values filled by their "
+        "conditional expectation under the model (needs marginalize)",
     )
     return parser
 

@@ -68,6 +68,13 @@ class FeatureSpec:
     names : list of str
         Input column names: the ``inputCols``, or ``[featuresCol]``.
     weight_col : str or None
+    problem_labels : list of str
+        What each invalid-row count of :func:`batch_to_rows` counts.
+    allow_missing : bool
+        ``handleMissing="marginalize"``: a null or NaN feature is a missing value, kept
+        as NaN, not a reason to refuse the row; a row is invalid only when every feature
+        is missing (or one is infinite, or the vector is null or of the wrong length).
+        The counts then end with the number of missing values of each feature.
     """
 
     n_features: int
@@ -75,6 +82,12 @@ class FeatureSpec:
     names: list[str]
     weight_col: str | None = None
     problem_labels: list[str] = field(default_factory=list)
+    allow_missing: bool = False
+
+    @property
+    def n_counts(self) -> int:
+        """Length of the counts of :func:`batch_to_rows`: problems, then missing values."""
+        return len(self.problem_labels) + (self.n_features if self.allow_missing else 0)
 
     @property
     def has_weight(self) -> bool:
@@ -85,26 +98,44 @@ class FeatureSpec:
         return self.names[j] if self.source == "columns" else f"{self.names[0]}[{j}]"
 
 
-def _problem_labels(source: str, names: list[str], weight_col: str | None) -> list[str]:
-    if source == "columns":
+def _problem_labels(
+    source: str, names: list[str], weight_col: str | None, allow_missing: bool = False
+) -> list[str]:
+    if source == "columns" and allow_missing:
+        labels = [f"column '{c}': infinite values" for c in names]
+        labels.append("rows with every feature null or NaN")
+    elif source == "columns":
         labels = [f"column '{c}': null, NaN or infinite values" for c in names]
     else:
         c = names[0]
         labels = [
             f"column '{c}': null vectors",
-            f"column '{c}': vectors with NaN, infinite or null entries",
+            f"column '{c}': vectors with infinite entries"
+            if allow_missing
+            else f"column '{c}': vectors with NaN, infinite or null entries",
             f"column '{c}': vectors of a different length",
         ]
+        if allow_missing:
+            labels.append(f"column '{c}': vectors with every entry null or NaN")
     if weight_col is not None:
         labels.append(f"weight column '{weight_col}': null, NaN, infinite or negative weights")
     return labels
 
 
 def make_spec(
-    source: str, names: list[str], n_features: int, weight_col: str | None
+    source: str,
+    names: list[str],
+    n_features: int,
+    weight_col: str | None,
+    allow_missing: bool = False,
 ) -> FeatureSpec:
     return FeatureSpec(
-        n_features, source, names, weight_col, _problem_labels(source, names, weight_col)
+        n_features,
+        source,
+        names,
+        weight_col,
+        _problem_labels(source, names, weight_col, allow_missing),
+        allow_missing,
     )
 
 
@@ -119,6 +150,7 @@ def resolve_features(
     features_col: str,
     weight_col: str | None,
     n_features: int | None = None,
+    allow_missing: bool = False,
 ):
     """Check the input schema and build the columns the fit reads.
 
@@ -133,6 +165,8 @@ def resolve_features(
     n_features : int, optional
         The expected vector length when already known (scoring with a fitted model);
         otherwise it is read from the column's ML metadata or its first row.
+    allow_missing : bool
+        Null and NaN features are missing values (``handleMissing="marginalize"``).
 
     Returns
     -------
@@ -199,7 +233,7 @@ def resolve_features(
                 "weights must be numeric."
             )
         columns.append(F.col(f"`{weight_col}`").cast("double").alias(WEIGHT_ALIAS))
-    return make_spec(source, names, d, weight_col or None), columns
+    return make_spec(source, names, d, weight_col or None, allow_missing), columns
 
 
 def _vector_size(df, field, expr) -> int:
@@ -238,23 +272,31 @@ def batch_to_rows(
     Returns
     -------
     X : ndarray of shape (n, d)
-        Rows that are invalid hold arbitrary values.
+        Rows that are invalid hold arbitrary values. Under ``spec.allow_missing``, a
+        missing value (null or NaN) of a valid row is NaN.
     w : ndarray of shape (n,) or None
     bad : ndarray of bool, shape (n,)
     counts : list of int
-        One count per entry of ``spec.problem_labels``.
+        One count per entry of ``spec.problem_labels``, then (``spec.allow_missing``)
+        the missing values of each feature among the valid rows.
     """
     n, d = batch.num_rows, spec.n_features
     bad = np.zeros(n, dtype=bool)
     counts: list[int] = []
+    # Under allow_missing only an infinity is invalid; NaN (and null, read as NaN) is kept.
+    invalid_value = np.isinf if spec.allow_missing else lambda a: ~np.isfinite(a)
     if spec.source == "columns":
         # Column-major: each column is written contiguously, and the kernels work on X.T.
         X = np.empty((n, d), order="F")
         for j in range(d):
             X[:, j] = _float_column(batch.column(j))
-            invalid = ~np.isfinite(X[:, j])
+            invalid = invalid_value(X[:, j])
             counts.append(int(invalid.sum()))
             bad |= invalid
+        if spec.allow_missing:
+            unobserved = np.isnan(X).all(axis=1)
+            counts.append(int(unobserved.sum()))
+            bad |= unobserved
     else:
         lists = batch.column(0)
         is_null = np.asarray(lists.is_null().to_numpy(zero_copy_only=False), dtype=bool)
@@ -268,15 +310,21 @@ def batch_to_rows(
         elif ok.any():
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
             X[ok] = flat[starts[ok][:, None] + np.arange(d)]
-        nonfinite = ok & ~np.isfinite(X).all(axis=1)
+        nonfinite = ok & invalid_value(X).any(axis=1)
         counts += [int(is_null.sum()), int(nonfinite.sum()), int(wrong_len.sum())]
         bad |= is_null | wrong_len | nonfinite
+        if spec.allow_missing:
+            unobserved = ok & np.isnan(X).all(axis=1)
+            counts.append(int(unobserved.sum()))
+            bad |= unobserved
     w = None
     if spec.has_weight:
         w = _float_column(batch.column(batch.num_columns - 1))
         invalid = ~(np.isfinite(w) & (w >= 0))
         counts.append(int(invalid.sum()))
         bad |= invalid
+    if spec.allow_missing:
+        counts += [int(c) for c in np.isnan(X[~bad]).sum(axis=0)]
     return X, w, bad, counts
 
 
@@ -374,7 +422,9 @@ def _block_summary_bytes(valid: NDArray[np.float64], counts: list[int], rows_rea
     """Problem counts, rows read and per-feature min/max of a block's valid rows."""
     d = valid.shape[1]
     if valid.shape[0]:
-        lo, hi = valid.min(axis=0), valid.max(axis=0)
+        # fmin/fmax skip NaN (missing values); a feature missing in every row gives NaN.
+        lo, hi = np.fmin.reduce(valid, axis=0), np.fmax.reduce(valid, axis=0)
+        lo[np.isnan(lo)], hi[np.isnan(hi)] = np.inf, -np.inf
     else:
         lo, hi = np.full(d, np.inf), np.full(d, -np.inf)
     return (
@@ -396,17 +446,21 @@ class InputSummary:
         Rows read, valid or not.
     col_min, col_max : ndarray of shape (d,)
         Range of each feature over the valid rows (+inf/-inf when there is none).
+    missing : ndarray of int64 of shape (d,)
+        Missing values of each feature in the valid rows (``FeatureSpec.allow_missing``;
+        zeros otherwise).
     """
 
     counts: NDArray[np.int64]
     rows_read: int
     col_min: NDArray[np.float64]
     col_max: NDArray[np.float64]
+    missing: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def to_bytes(self) -> bytes:
         """The encoding :func:`summarize_blocks` reads (so partial summaries merge)."""
         return (
-            np.asarray([*self.counts, self.rows_read], dtype=np.int64).tobytes()
+            np.asarray([*self.counts, *self.missing, self.rows_read], dtype=np.int64).tobytes()
             + np.ascontiguousarray(self.col_min, dtype=np.float64).tobytes()
             + np.ascontiguousarray(self.col_max, dtype=np.float64).tobytes()
         )
@@ -414,20 +468,20 @@ class InputSummary:
 
 def summarize_blocks(raws: Iterable[bytes], spec: FeatureSpec) -> InputSummary:
     """Merge the summaries written by :func:`pack_batches` (empty ones are skipped)."""
-    n_labels, d = len(spec.problem_labels), spec.n_features
-    counts = np.zeros(n_labels, dtype=np.int64)
+    n_labels, n_counts, d = len(spec.problem_labels), spec.n_counts, spec.n_features
+    counts = np.zeros(n_counts, dtype=np.int64)
     rows_read = 0
     col_min, col_max = np.full(d, np.inf), np.full(d, -np.inf)
     for raw in raws:
         if not raw:
             continue
-        ints = np.frombuffer(raw, dtype=np.int64, count=n_labels + 1)
-        floats = np.frombuffer(raw, dtype=np.float64, offset=8 * (n_labels + 1))
-        counts += ints[:n_labels]
-        rows_read += int(ints[n_labels])
+        ints = np.frombuffer(raw, dtype=np.int64, count=n_counts + 1)
+        floats = np.frombuffer(raw, dtype=np.float64, offset=8 * (n_counts + 1))
+        counts += ints[:n_counts]
+        rows_read += int(ints[n_counts])
         col_min = np.minimum(col_min, floats[:d])
         col_max = np.maximum(col_max, floats[d:])
-    return InputSummary(counts, rows_read, col_min, col_max)
+    return InputSummary(counts[:n_labels], rows_read, col_min, col_max, counts[n_labels:])
 
 
 def all_invalid_message(spec: FeatureSpec, summary: InputSummary) -> str | None:
@@ -445,6 +499,23 @@ def all_invalid_message(spec: FeatureSpec, summary: InputSummary) -> str | None:
         f"Nothing to fit: {'; '.join(whole)} in all {summary.rows_read} rows, so that column "
         "has no usable value (e.g. it is entirely null). Drop it from the features (or "
         "weightCol), or fix the input."
+    )
+
+
+def unobserved_features_message(spec: FeatureSpec, summary: InputSummary) -> str | None:
+    """Under ``allow_missing``: a message naming the features missing in every usable
+    row (EM can learn nothing about them), or None."""
+    if not spec.allow_missing:
+        return None
+    unseen = [spec.feature_name(j) for j in range(spec.n_features) if summary.col_min[j] == np.inf]
+    if not unseen:
+        return None
+    listed = ", ".join(repr(name) for name in unseen[:5])
+    more = f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
+    return (
+        f"Features {listed}{more} are missing (null or NaN) in every usable row, so EM "
+        "has nothing to estimate their means and variances from. Drop them from the "
+        "features, or fix the input."
     )
 
 

@@ -200,13 +200,16 @@ class Variant(Protocol):
 @dataclass(frozen=True)
 class MaximumLikelihood:
     """Plain EM: the objective is the mean log-likelihood of the parameters the E-step
-    used; the best start has the highest final log-likelihood."""
+    used; the best start has the highest final log-likelihood. With ``missing``, NaN
+    features are marginalised and the objective is the log-likelihood of the observed
+    values."""
 
     reg_covar: float
     objective_name: str = "mean log-likelihood"
+    missing: bool = False
 
     def task(self, params: MixtureParameters) -> kernels.Task:
-        return kernels.EMTask(params)
+        return kernels.EMTask(params, self.missing)
 
     def m_step(self, stats: SufficientStatistics) -> MixtureParameters:
         return m_step(stats, self.reg_covar)
@@ -215,7 +218,7 @@ class MaximumLikelihood:
         return stats.log_likelihood / stats.total_weight
 
     def score_task(self, params: MixtureParameters) -> kernels.Task:
-        return kernels.ScoreTask(params)
+        return kernels.ScoreTask(params, self.missing)
 
     def final_objective(self, stats: SufficientStatistics) -> float | None:
         return stats.log_likelihood / stats.total_weight
@@ -274,8 +277,21 @@ class GridCell:
 def _checked_sample(
     data: DataSource, grid: Sequence[tuple[int, str]], init_mode: str, seed: int, size: int
 ) -> tuple[Array, Array]:
-    """The initialisation sample, refused when it cannot give k components."""
+    """The initialisation sample, refused when it cannot give k components.
+
+    Missing values (NaN, ``handleMissing="marginalize"``) are filled with their
+    feature's mean over the sample: the initialisation only needs a start, and the EM
+    iterations marginalise them.
+    """
     X, w = data.sample(size, seed)
+    missing = np.isnan(X)
+    if missing.any():
+        _warn_of_many_patterns(X)
+        observed_weight = w @ ~missing
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = (w @ np.where(missing, 0.0, X)) / observed_weight
+        means[~(observed_weight > 0)] = 0.0  # a feature no sampled row has
+        X = np.where(missing, means, X)
     if X.shape[0] and not w.sum() > 0:
         raise InvalidInputError(_ZERO_WEIGHT)
     k_max = max(k for k, _ in grid)
@@ -292,6 +308,28 @@ def _checked_sample(
                 "(in the initialisation sample). Use a smaller k."
             )
     return X, w
+
+
+# Warn when the missingness patterns may cost more than the rows themselves.
+_PATTERN_OVERHEAD_WARNING = 1.0
+
+
+def _warn_of_many_patterns(X: Array) -> None:
+    """A warning when a block of the sample has so many missingness patterns that their
+    factorisations could cost more than the E-step's rows (:func:`pattern_overhead`)."""
+    from spark_gmm.missing import pattern_overhead
+
+    rows = kernels.kernel_rows(X.shape[1])
+    overhead = pattern_overhead(X[:rows])
+    if overhead > _PATTERN_OVERHEAD_WARNING:
+        log.warning(
+            "the rows have many distinct patterns of missing features (%d features): "
+            "marginalising them may cost up to %.1fx a complete-data EM iteration. If "
+            "that is too slow, drop the features that are most often missing, or impute "
+            "them before the fit.",
+            X.shape[1],
+            1.0 + overhead,
+        )
 
 
 def _short_em_candidates(
@@ -632,6 +670,7 @@ def fit_em(
     checkpoint: Checkpointer | None = None,
     resume: bool = False,
     variant: Variant | None = None,
+    missing: bool = False,
 ) -> EMResult:
     """Fit a Gaussian mixture by EM, all candidates sharing each data pass.
 
@@ -659,13 +698,17 @@ def fit_em(
         Continue from ``checkpoint``'s saved state when there is one.
     variant : Variant, optional
         What EM computes: :class:`MaximumLikelihood` (default) or :class:`Variational`.
+    missing : bool
+        Marginalise missing values (NaN) in the data (the default variant only).
 
     Returns
     -------
     result : EMResult
     """
     start = time.perf_counter()
-    chosen: Variant = variant if variant is not None else MaximumLikelihood(reg_covar)
+    chosen: Variant = (
+        variant if variant is not None else MaximumLikelihood(reg_covar, missing=missing)
+    )
     candidates, seconds = _run(
         data,
         [(k, covariance_type)],
@@ -720,6 +763,7 @@ def fit_grid(
     init_sample_size: int = 100_000,
     checkpoint: Checkpointer | None = None,
     resume: bool = False,
+    missing: bool = False,
 ) -> list[GridCell]:
     """Fit every (k, covariance type) of ``grid`` by EM, all sharing each data pass.
 
@@ -733,8 +777,10 @@ def fit_grid(
     data : DataSource
     grid : sequence of (k, covariance_type)
         Distinct pairs.
-    max_iter, tol, reg_covar, init_mode, n_init, seed, init_sample_size, checkpoint, resume :
+    max_iter, tol, reg_covar, init_mode, n_init, seed, init_sample_size :
         As in :func:`fit_em`, applied to every cell.
+    checkpoint, resume, missing :
+        As in :func:`fit_em`.
 
     Returns
     -------
@@ -750,6 +796,7 @@ def fit_grid(
         reg_covar=reg_covar,
         checkpoint=checkpoint,
         resume=resume,
+        variant=MaximumLikelihood(reg_covar, missing=missing),
         init_mode=init_mode,
         n_init=n_init,
         seed=seed,

@@ -53,6 +53,7 @@ from spark_gmm.data import (
     iter_blocks,
     pack_batches,
     summarize_blocks,
+    unobserved_features_message,
     unpack_block,
 )
 from spark_gmm.errors import InvalidInputError
@@ -760,6 +761,9 @@ def prepare(
                 f"The input has no rows to fit{extra}. Check the input path, table or filter."
             )
         check_magnitude(spec, summary, n_rows)
+        unseen = unobserved_features_message(spec, summary)
+        if unseen:
+            raise InvalidInputError(unseen)
     except Exception:
         cache.release()
         raise
@@ -768,6 +772,14 @@ def prepare(
             "skipped %d invalid rows (%s)",
             n_bad,
             ", ".join(f"{label}: {int(c)}" for label, c in zip(spec.problem_labels, counts) if c),
+        )
+    if summary.missing.any():
+        log.info(
+            "%d missing values (marginalised): %s",
+            int(summary.missing.sum()),
+            ", ".join(
+                f"{spec.feature_name(j)}: {int(c)}" for j, c in enumerate(summary.missing) if c
+            ),
         )
     placement = cache.placement()
     log.info(

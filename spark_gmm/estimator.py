@@ -83,6 +83,8 @@ class GaussianMixture(
         initialModel: GaussianMixtureModel | None = None,
         logLikelihoodCol: str | None = None,
         handleInvalid: str = "error",
+        handleMissing: str = "invalid",
+        imputedCol: str | None = None,
         initSampleSize: int = 100_000,
         checkpointDir: str | None = None,
         checkpointInterval: int = 10,
@@ -185,6 +187,7 @@ class GaussianMixture(
                     },
                 ),
                 resume=self.getResumeFromCheckpoint(),
+                missing=self._marginalize(),
             )
         except FloatingPointError:
             raise InvalidInputError(_OVERFLOW) from None

@@ -231,6 +231,7 @@ def _set_estimator_params(estimator: Any, config: Any, **extra: Any) -> None:
         "nInit": config.n_init,
         "seed": config.seed,
         "handleInvalid": config.handle_invalid,
+        "handleMissing": config.handle_missing,
         "checkpointDir": config.checkpoint_dir or None,
         "checkpointInterval": config.checkpoint_interval,
         "resumeFromCheckpoint": True if config.resume else None,
@@ -255,6 +256,12 @@ def _with_feature_stages(config: Any, final: Any) -> Any:
         else:
             final.setFeaturesCol(config.features_col)
         return final
+    if getattr(config, "handle_missing", None) == "marginalize":
+        raise JobError(
+            "standardize cannot be combined with handle_missing = marginalize: Spark's "
+            "StandardScaler does not skip missing values, so every mean and deviation "
+            "would be NaN. Standardise the columns before the job, or drop standardize."
+        )
     stages: list[Any] = []
     source = config.features_col
     if config.features:
@@ -474,6 +481,15 @@ def score_frame(model: Any, gm: Any, df: Any, config: Any) -> Any:
     from pyspark.sql import functions as F
 
     gm.setLogLikelihoodCol("log_likelihood").setHandleInvalid(config.handle_invalid)
+    if config.handle_missing:
+        gm.setHandleMissing(config.handle_missing)
+    if config.imputed_col:
+        if gm.getHandleMissing() != "marginalize":
+            raise JobError(
+                "imputed_col needs handle_missing = marginalize (--handle-missing "
+                "marginalize): with 'invalid', rows with missing features are not scored."
+            )
+        gm.setImputedCol(config.imputed_col)
     if model is gm:
         if config.features:
             gm.setInputCols(config.features)
@@ -489,6 +505,8 @@ def score_frame(model: Any, gm: Any, df: Any, config: Any) -> Any:
         vector_to_array(F.col("probability")).alias("probability"),
         F.col("log_likelihood"),
     ]
+    if config.imputed_col:
+        columns.append(vector_to_array(F.col(config.imputed_col)).alias(config.imputed_col))
     if config.anomaly_quantile is not None:
         threshold = anomaly_threshold(gm.logLikelihoodQuantiles, config.anomaly_quantile)
         columns.append((F.col("log_likelihood") < F.lit(threshold)).alias("is_anomaly"))

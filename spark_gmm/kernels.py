@@ -6,14 +6,20 @@ Pure numpy/pyarrow, no Spark import, so the same functions serve the Spark engin
 
 A *task* describes one candidate model's work in a data pass:
 
-* ``EMTask(params)``: E-step under ``params``, statistics centred on its means.
+* ``EMTask(params, missing)``: E-step under ``params``, statistics centred on its means;
+  with ``missing``, NaN features are marginalised (:mod:`spark_gmm.missing`).
 * ``HardTask(centres, covariance_type)``: rows go to their nearest centre (k-means
   initialisation); statistics centred on the centres.
 * ``RandomTask(centre, k, seed, covariance_type)``: responsibilities drawn from a hash of
   the row's content and the seed (sklearn's ``init_params='random'``), so they do not
   depend on partitioning either.
-* ``ScoreTask(params)``: E-step only (log-likelihood, cluster sizes), for a fit's final
-  pass.
+* ``ScoreTask(params, missing)``: E-step only (log-likelihood, cluster sizes), for a
+  fit's final pass.
+
+The two initialisation tasks see a missing value (NaN, ``handleMissing="marginalize"``)
+as the value of the centre the row is compared with: the nearest centre is the nearest
+over the observed features, and the statistics complete the row with that centre (the
+k-means-with-missing-values step); the EM iterations then marginalise properly.
 * ``VariationalTask(params)``: the E-step of a variational posterior (the Bayesian
   mixture): the EM statistics plus ``sum r log r``.
 """
@@ -35,6 +41,7 @@ from spark_gmm.gaussian import (
     hard_assignment_statistics,
     score_and_proba,
 )
+from spark_gmm.missing import block_statistics_missing, score_and_proba_missing
 
 Array = NDArray[np.float64]
 
@@ -49,6 +56,7 @@ def _strip_covariances(task: EMTask | ScoreTask | VariationalTask) -> None:
 @dataclass(frozen=True)
 class EMTask:
     params: MixtureParameters
+    missing: bool = False
 
     def __post_init__(self) -> None:
         _strip_covariances(self)
@@ -59,6 +67,8 @@ class EMTask:
         return SufficientStatistics.flat_size(p.covariance_type, p.n_components, p.n_features)
 
     def statistics(self, X: Array, w: Array | None) -> SufficientStatistics:
+        if self.missing and np.isnan(X).any():
+            return block_statistics_missing(X, w, self.params)
         return block_statistics(X, w, self.params)
 
     def unflatten(self, flat: Array) -> SufficientStatistics:
@@ -110,6 +120,8 @@ class HardTask:
         return SufficientStatistics.flat_size(self.covariance_type, k, d)
 
     def statistics(self, X: Array, w: Array | None) -> SufficientStatistics:
+        if np.isnan(X).any():
+            X = _complete_with_nearest(X, self.centres)
         return hard_assignment_statistics(X, w, self.centres, self.covariance_type)
 
     def unflatten(self, flat: Array) -> SufficientStatistics:
@@ -139,6 +151,8 @@ class RandomTask:
                 salt = np.uint64(j + 1) * _GOLDEN
             resp[:, j] = hash_to_unit(mix64(base ^ salt))
         resp /= resp.sum(axis=1, keepdims=True)
+        if np.isnan(X).any():
+            X = np.where(np.isnan(X), self.centre, X)
         return hard_assignment_statistics(X, w, self.centres, self.covariance_type, resp=resp)
 
     def unflatten(self, flat: Array) -> SufficientStatistics:
@@ -163,6 +177,7 @@ class ScoreTask:
     """
 
     params: MixtureParameters
+    missing: bool = False
 
     def __post_init__(self) -> None:
         _strip_covariances(self)
@@ -172,7 +187,10 @@ class ScoreTask:
         return 2 + self.params.n_components
 
     def statistics(self, X: Array, w: Array | None) -> _Score:
-        log_prob_norm, resp = score_and_proba(X, self.params)
+        if self.missing and np.isnan(X).any():
+            log_prob_norm, resp = score_and_proba_missing(X, self.params)
+        else:
+            log_prob_norm, resp = score_and_proba(X, self.params)
         weights = np.ones(X.shape[0]) if w is None else w
         counts = np.bincount(np.argmax(resp, axis=1), minlength=self.params.n_components)
         return _Score(
@@ -235,6 +253,19 @@ class MomentsTask:
         return Moments(
             float(flat[0]), self.centre, np.array(flat[1 : 1 + d]), flat[1 + d :].reshape(d, d)
         )
+
+
+def _complete_with_nearest(X: Array, centres: Array) -> Array:
+    """``X`` with each missing value (NaN) taken from the centre nearest to the row over
+    its observed features."""
+    missing = np.isnan(X)
+    observed = np.where(missing, 0.0, X)
+    # |x_o - c_o|^2 = |x_o|^2 - 2 x_o.c_o + |c_o|^2; the first term is the same for
+    # every centre, so it is left out of the comparison.
+    cross = observed @ centres.T
+    norms = (~missing).astype(np.float64) @ (centres * centres).T
+    nearest = np.argmin(norms - 2.0 * cross, axis=1)
+    return np.where(missing, centres[nearest], X)
 
 
 Task = EMTask | HardTask | RandomTask | ScoreTask | VariationalTask | MomentsTask

@@ -15,10 +15,20 @@ contributes, for each component ``j`` with mean ``mu`` and covariance ``S``:
 The M-step is then exactly :func:`spark_gmm.gaussian.m_step`, and the log-likelihood
 reported is that of the observed values, which EM never decreases.
 
-Rows are grouped by *missingness pattern* (which coordinates are NaN), and the factor of
-``S_oo`` is computed once per (pattern, component) per block, not once per row. Rows with
-nothing missing go through :func:`spark_gmm.gaussian.block_statistics` unchanged, so on
-complete data the result is today's, bit for bit.
+No row is handled alone. In each block, rows with nothing missing go through
+:func:`spark_gmm.gaussian.block_statistics` unchanged (so on complete data the result is
+today's, bit for bit). An incomplete row's *missingness pattern* (which coordinates are
+NaN) decides the rest (full and tied covariances):
+
+* a pattern shared by many rows (``SHARED_PATTERN_ROWS``) gets one factorisation of
+  ``S_oo`` per component, for all its rows;
+* the other incomplete rows, often each in its own pattern when several columns are
+  sometimes empty, are grouped by their *number* of missing values ``c``, and each solves
+  a ``c`` x ``c`` system in the precision matrix, all rows and components in one batched
+  call (the Schur-complement identities are in :func:`_precision_group`).
+
+Diagonal and spherical covariances need no solve at all: all incomplete rows of a block
+are one group (:func:`_diagonal_group`).
 
 As in :mod:`spark_gmm.gaussian`, every statistic is centred on the current means: the
 deviation of a completed row from ``mu`` is ``(x_o - mu_o, S_mo S_oo^-1 (x_o - mu_o))``,
@@ -27,6 +37,7 @@ formed without ever subtracting two large numbers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,12 +51,14 @@ from spark_gmm.gaussian import (
     _log_weights,
     block_statistics,
     covariances_from_precisions_cholesky,
+    estimate_weighted_log_prob,
 )
 
 __all__ = [
     "block_statistics_missing",
     "impute",
     "missing_patterns",
+    "pattern_overhead",
     "score_and_proba_missing",
 ]
 
@@ -71,10 +84,53 @@ def missing_patterns(X: Array) -> tuple[NDArray[np.bool_], NDArray[np.intp]]:
     n, d = X.shape
     if n == 0:
         return np.zeros((0, d), dtype=bool), np.zeros(0, dtype=np.intp)
-    packed = np.packbits(np.isnan(X), axis=1)
+    missing = np.isnan(X)
+    if d <= 63:
+        # One integer per row (bit j: feature j missing): a 1-D unique, ~10x faster than
+        # comparing rows of packed bytes. Sorted by key, so the complete pattern is first.
+        keys = missing @ (np.int64(1) << np.arange(d, dtype=np.int64))
+        unique_keys, inverse = np.unique(keys, return_inverse=True)
+        patterns = (unique_keys[:, None] >> np.arange(d, dtype=np.int64)) & 1
+        return patterns.astype(bool), np.asarray(inverse, dtype=np.intp).reshape(-1)
+    packed = np.packbits(missing, axis=1)
     unique, inverse = np.unique(packed, axis=0, return_inverse=True)
-    patterns = np.unpackbits(unique, axis=1, count=d).astype(bool)
-    return patterns, np.asarray(inverse, dtype=np.intp).reshape(-1)
+    unpacked = np.unpackbits(unique, axis=1, count=d).astype(bool)
+    return unpacked, np.asarray(inverse, dtype=np.intp).reshape(-1)
+
+
+def pattern_overhead(X: Array) -> float:
+    """Bound on the extra cost of the missingness patterns of one block.
+
+    Each pattern costs a factorisation of its observed covariance block per component,
+    at most ``k d^3 / 3`` flops, against ``k d^2`` per row for the rows themselves: a
+    block of ``n`` rows with ``p`` patterns costs at most ``1 + p d / (3 n)`` times the
+    row work. Few patterns (the usual case: a handful of columns that are sometimes
+    empty) cost nothing; every row its own pattern costs up to ``1 + d / 3``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, d)
+        A block's rows, NaN for missing values.
+
+    Returns
+    -------
+    overhead : float
+        ``p d / (3 n)`` for the incomplete rows' patterns (0 for a complete block).
+    """
+    n, d = X.shape
+    if n == 0:
+        return 0.0
+    patterns, _ = missing_patterns(X)
+    incomplete = int(patterns.any(axis=1).sum())
+    return incomplete * d / (3.0 * n)
+
+
+# A pattern shared by at least this many rows of a block gets its own factorisation of
+# S_oo per component (the cost is shared by its rows); the block's other incomplete rows
+# are solved together, a small system per row (see _precision_terms). A factorisation
+# costs ~o^3/3 flops, a row ~o^2: the shared form wins once a pattern has ~o/3 rows, and
+# it costs Python calls per pattern, which is what the threshold mostly guards against.
+SHARED_PATTERN_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -85,52 +141,30 @@ class _Marginal:
     ----------
     observed, missing : ndarray of int
         Coordinates present / absent in the pattern.
-    whiten : ndarray of shape (k, o, o) or (k, o)
-        ``L^-1`` with ``L L' = S_oo`` (full and tied), or ``1 / sqrt(variance_o)`` (diag
-        and spherical): ``||whiten (x_o - mu_o)||^2`` is the marginal Mahalanobis distance.
+    whiten : ndarray of shape (k, o, o)
+        ``L^-1`` with ``L L' = S_oo``: ``||whiten (x_o - mu_o)||^2`` is the marginal
+        Mahalanobis distance.
     log_det : ndarray of shape (k,)
         ``-0.5 log det S_oo``.
-    regression : ndarray of shape (k, m, o) or None
-        ``S_mo S_oo^-1``; None where it is zero (diag and spherical).
-    conditional : ndarray of shape (k, m, m) or (k, m)
-        Conditional covariance of the missing coordinates (its diagonal for diag and
-        spherical, where it is diagonal).
+    regression : ndarray of shape (k, m, o)
+        ``S_mo S_oo^-1``.
+    conditional : ndarray of shape (k, m, m)
+        Conditional covariance of the missing coordinates.
     """
 
     observed: NDArray[np.intp]
     missing: NDArray[np.intp]
     whiten: Array
     log_det: Array
-    regression: Array | None
+    regression: Array
     conditional: Array
 
 
-def _marginal(params: MixtureParameters, missing_mask: NDArray[np.bool_]) -> _Marginal:
+def _marginal(covariances: Array, missing_mask: NDArray[np.bool_]) -> _Marginal:
+    """The factors of one pattern, from full covariances of shape (k, d, d)."""
     observed = np.flatnonzero(~missing_mask)
     missing = np.flatnonzero(missing_mask)
-    if observed.size == 0:
-        raise ValueError("a row with every feature missing carries no information.")
-    k, d = params.means.shape
-    ct = params.covariance_type
-    covariances = params.covariances
-    if covariances.size == 0:  # stripped for the trip to the executors (kernels.py)
-        covariances = covariances_from_precisions_cholesky(params.precisions_chol, ct)
-    if ct in ("diag", "spherical"):
-        variances = covariances
-        if ct == "spherical":
-            variances = np.repeat(variances[:, None], d, axis=1)
-        var_o = variances[:, observed]
-        return _Marginal(
-            observed,
-            missing,
-            1.0 / np.sqrt(var_o),
-            -0.5 * np.sum(np.log(var_o), axis=1),
-            None,
-            variances[:, missing],
-        )
     cov = covariances
-    if ct == "tied":
-        cov = np.broadcast_to(cov, (k, d, d))
     s_oo = cov[:, observed][:, :, observed]
     # S is positive definite, so is each of its principal sub-matrices: the Cholesky
     # factor exists. Its inverse whitens; W = L^-1 S_om gives both the regression
@@ -145,68 +179,261 @@ def _marginal(params: MixtureParameters, missing_mask: NDArray[np.bool_]) -> _Ma
     return _Marginal(observed, missing, whiten, log_det, regression, conditional)
 
 
-def _pattern_terms(
-    X_rows: Array, params: MixtureParameters, marg: _Marginal
-) -> tuple[Array, Array]:
-    """Weighted log-densities and completed deviations of the rows of one pattern.
+@dataclass(frozen=True)
+class _Group:
+    """E-step terms of some incomplete rows of a block.
 
-    Parameters
+    Attributes
     ----------
-    X_rows : ndarray of shape (n_rows, d)
-        Rows sharing the pattern (their missing values are ignored).
-
-    Returns
-    -------
+    rows : ndarray of int
+        The rows (indices into the block).
     weighted_log_prob : ndarray of shape (n_rows, k)
         ``log weight_j + log N(x_o; mu_jo, S_joo)``.
     deviation : ndarray of shape (k, n_rows, d)
         Completed row minus ``mu_j``: ``x_o - mu_jo`` on the observed coordinates and
-        ``S_mo S_oo^-1 (x_o - mu_jo)`` on the missing ones.
+        ``E[x_m | x_o, j] - mu_jm`` on the missing ones.
+    conditional : callable
+        Given the rows' (weighted) responsibilities of shape (n_rows, k), the sum of
+        their conditional covariances of the missing coordinates, as the scatter's
+        correction: shape (k, d, d) (full and tied) or (k, d) (diag and spherical).
     """
+
+    rows: NDArray[np.intp]
+    weighted_log_prob: Array
+    deviation: Array
+    conditional: Callable[[Array], Array]
+
+
+@dataclass(frozen=True)
+class _Factors:
+    """What every group of a block needs, computed once per block."""
+
+    params: MixtureParameters
+    log_weights: Array  # (k,)
+    precisions: Array | None  # (k, d, d) precision matrices (full and tied)
+    covariances: Array | None  # (k, d, d) (full and tied)
+    log_det_chol: Array  # (k,): 0.5 log det of each precision (full and tied)
+
+    @classmethod
+    def of(cls, params: MixtureParameters) -> _Factors:
+        k, d = params.means.shape
+        ct = params.covariance_type
+        log_weights = _log_weights(params.weights)
+        if ct in ("diag", "spherical"):
+            return cls(params, log_weights, None, None, np.zeros(k))
+        chol = np.broadcast_to(params.precisions_chol, (k, d, d))
+        covariances = params.covariances
+        if covariances.size == 0:  # stripped for the trip to the executors (kernels.py)
+            covariances = covariances_from_precisions_cholesky(params.precisions_chol, ct)
+        covariances = np.broadcast_to(covariances, (k, d, d))
+        precisions = chol @ np.swapaxes(chol, 1, 2)
+        log_det_chol = np.sum(np.log(np.diagonal(chol, axis1=1, axis2=2)), axis=1)
+        return cls(params, log_weights, precisions, covariances, log_det_chol)
+
+
+def _pattern_group(
+    X: Array, rows: NDArray[np.intp], f: _Factors, pattern: NDArray[np.bool_]
+) -> _Group:
+    """Rows sharing one pattern (full and tied): one factorisation of S_oo per component."""
+    assert f.covariances is not None
+    marg = _marginal(f.covariances, pattern)
     o, m = marg.observed, marg.missing
+    params = f.params
     k, d = params.means.shape
-    delta = X_rows[:, o][None, :, :] - params.means[:, None, o]  # (k, n, o)
-    if marg.regression is None:
-        z = delta * marg.whiten[:, None, :]
-    else:
-        z = delta @ np.swapaxes(marg.whiten, 1, 2)
-    log_prob = -0.5 * (np.einsum("kno,kno->kn", z, z) + o.size * _LOG_2PI)
-    log_prob += (marg.log_det + _log_weights(params.weights))[:, None]
-    deviation = np.zeros((k, X_rows.shape[0], d))
+    delta = X[rows][:, o][None, :, :] - params.means[:, None, o]  # (k, n, o)
+    z = delta @ np.swapaxes(marg.whiten, 1, 2)
+    log_prob = -0.5 * (np.sum(z * z, axis=2) + o.size * _LOG_2PI)
+    log_prob += (marg.log_det + f.log_weights)[:, None]
+    deviation = np.zeros((k, rows.size, d))
     deviation[:, :, o] = delta
-    if marg.regression is not None and m.size:
-        deviation[:, :, m] = delta @ np.swapaxes(marg.regression, 1, 2)
-    return log_prob.T, deviation
+    deviation[:, :, m] = delta @ np.swapaxes(marg.regression, 1, 2)
+
+    def conditional(weighted_resp: Array) -> Array:
+        out = np.zeros((k, d, d))
+        out[:, m[:, None], m[None, :]] = weighted_resp.sum(axis=0)[:, None, None] * marg.conditional
+        return out
+
+    return _Group(rows, log_prob.T, deviation, conditional)
 
 
-def _accumulate_pattern(
-    stats: SufficientStatistics, weighted_resp: Array, deviation: Array, marg: _Marginal
-) -> None:
-    """Add one pattern's centred sums, and its conditional covariance, to ``stats``."""
-    m = marg.missing
-    nk = weighted_resp.sum(axis=0)  # (k,)
-    stats.nk += nk
-    stats.sk += np.einsum("nk,knd->kd", weighted_resp, deviation)
-    ct = stats.covariance_type
-    if ct in ("full", "tied"):
-        scatter = np.einsum("knd,nk,kne->kde", deviation, weighted_resp, deviation)
-        if m.size:
-            assert marg.conditional.ndim == 3
-            scatter[:, m[:, None], m[None, :]] += nk[:, None, None] * marg.conditional
-        stats.scatter += scatter if ct == "full" else scatter.sum(axis=0)
-    else:
-        scatter = np.einsum("nk,knd->kd", weighted_resp, deviation**2)
-        if m.size:
-            scatter[:, m] += nk[:, None] * marg.conditional
-        stats.scatter += scatter
+def _precision_group(
+    X: Array, rows: NDArray[np.intp], f: _Factors, n_missing: NDArray[np.intp]
+) -> _Group:
+    """Incomplete rows in any patterns (full and tied covariances).
+
+    Each row solves its own small system in the precision matrix ``P = S^-1`` instead
+    of factorising ``S_oo``: with ``e`` the row's deviation from ``mu`` completed by
+    ``e_m = -P_mm^-1 P_mo e_o`` (the conditional mean, as ``S_mo S_oo^-1 = -P_mm^-1
+    P_mo``), the marginal Mahalanobis distance is ``e' P e``, ``log det S_oo = log det S
+    + log det P_mm``, and the conditional covariance is ``P_mm^-1`` (Schur complements).
+
+    The systems of all rows and components are solved in one batched call, so they
+    must have one size ``c``, the largest count of missing values of the rows: a row
+    with fewer is padded with *virtual* coordinates ``d, d + 1, ...``, independent of the
+    others with unit precision and a zero deviation, which change none of its terms.
+
+    Parameters
+    ----------
+    n_missing : ndarray of shape (len(rows),)
+        The number of missing values of each row.
+    """
+    assert f.precisions is not None
+    params = f.params
+    k, d = params.means.shape
+    n, c = rows.size, int(n_missing.max())
+    width = d + c  # the real coordinates, then c virtual ones
+    Xg = X[rows]
+    missing = np.isnan(Xg)
+    # Each row's missing coordinates in order, then virtual ones up to c: (n, c).
+    index = np.broadcast_to(d + np.arange(c), (n, c)).copy()
+    at_row, at_col = np.nonzero(missing)
+    first = np.cumsum(n_missing) - n_missing
+    index[at_row, np.arange(at_row.size) - first[at_row]] = at_col
+    precisions = np.zeros((k, width, width))
+    precisions[:, :d, :d] = f.precisions
+    precisions[:, np.arange(d, width), np.arange(d, width)] = 1.0
+    deviation = np.zeros((k, n, width))
+    np.subtract(
+        np.where(missing, 0.0, Xg), ~missing * params.means[:, None, :], out=deviation[:, :, :d]
+    )
+    at_missing = np.broadcast_to(index[None], (k, n, c))
+    # P_mo e_o, as (P e)_m with e_m = 0: (k, n, c).
+    p_mo_e = np.take_along_axis(deviation @ precisions, at_missing, axis=2)
+    p_mm = precisions[:, index[:, :, None], index[:, None, :]]  # (k, n, c, c)
+    p_mm_inv, log_det_p_mm = _spd_inverse(p_mm)
+    # p_mm_inv: the conditional covariances of the missing coordinates.
+    # A tiny matrix product per row and component, entry by entry over the whole batch
+    # (numpy's matmul, or a sum over an axis of length c, would loop over the rows).
+    shift = np.empty((k, n, c))
+    for a in range(c):
+        shift[..., a] = -sum(p_mm_inv[..., a, b] * p_mo_e[..., b] for b in range(c))
+    np.put_along_axis(deviation, at_missing, shift, axis=2)
+    deviation = deviation[:, :, :d]
+    z = deviation @ np.broadcast_to(params.precisions_chol, (k, d, d))
+    log_prob = -0.5 * (np.sum(z * z, axis=2) + (d - n_missing) * _LOG_2PI)
+    log_prob += (f.log_det_chol + f.log_weights)[:, None] - 0.5 * log_det_p_mm
+    # Where each entry of each row's P_mm^-1 lands in a flat (k, width, width) array.
+    cells = (index[:, :, None] * width + index[:, None, :]).reshape(n, -1)  # (n, c*c)
+    cells = (cells[None, :, :] + (width * width) * np.arange(k)[:, None, None]).ravel()
+
+    def conditional(weighted_resp: Array) -> Array:
+        weights = weighted_resp.T[:, :, None] * p_mm_inv.reshape(k, n, -1)
+        flat = np.bincount(cells, weights=weights.ravel(), minlength=k * width * width)
+        return np.asarray(flat, dtype=np.float64).reshape(k, width, width)[:, :d, :d]
+
+    return _Group(rows, log_prob.T, deviation, conditional)
 
 
-def _split(X: Array) -> tuple[NDArray[np.bool_], NDArray[np.intp], list[NDArray[np.intp]]]:
-    patterns, inverse = missing_patterns(X)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(patterns.shape[0] + 1))
-    groups = [order[bounds[p] : bounds[p + 1]] for p in range(patterns.shape[0])]
-    return patterns, inverse, groups
+# Up to this size, the batched inverses of _precision_group are computed elementwise
+# across the batch (a Cholesky factorisation written out); larger ones call LAPACK, whose
+# per-matrix overhead dominates on 2 x 2 and 3 x 3 matrices (measured ~8x slower).
+_ELEMENTWISE_SIZE = 4
+
+
+def _spd_inverse(A: Array) -> tuple[Array, Array]:
+    """Inverses and log-determinants of symmetric positive definite matrices.
+
+    Parameters
+    ----------
+    A : ndarray of shape (..., c, c)
+
+    Returns
+    -------
+    inverse : ndarray of shape (..., c, c)
+    log_det : ndarray of shape (...)
+    """
+    c = A.shape[-1]
+    if c > _ELEMENTWISE_SIZE:
+        return np.asarray(np.linalg.inv(A), dtype=np.float64), np.linalg.slogdet(A)[1]
+    # A = L L' (Cholesky, column by column), then A^-1 = L^-T L^-1 with L^-1 by forward
+    # substitution: backward stable for positive definite A, like LAPACK's potrf/potri.
+    # Entry by entry, each a vector operation over the whole batch.
+    a = [[A[..., i, j] for j in range(c)] for i in range(c)]
+    low: list[list[Array]] = [[np.zeros(0)] * c for _ in range(c)]
+    for j in range(c):
+        pivot = a[j][j] - sum((low[j][m] ** 2 for m in range(j)), np.zeros_like(a[j][j]))
+        low[j][j] = np.sqrt(pivot)
+        for i in range(j + 1, c):
+            dot = sum((low[i][m] * low[j][m] for m in range(j)), np.zeros_like(a[i][j]))
+            low[i][j] = (a[i][j] - dot) / low[j][j]
+    inv_low: list[list[Array]] = [[np.zeros(0)] * c for _ in range(c)]
+    for i in range(c):
+        inv_low[i][i] = 1.0 / low[i][i]
+        for j in range(i):
+            dot = sum((low[i][m] * inv_low[m][j] for m in range(j, i)), np.zeros_like(a[i][j]))
+            inv_low[i][j] = -dot * inv_low[i][i]
+    inverse = np.empty_like(A)
+    for i in range(c):
+        for j in range(i + 1):
+            # (L^-T L^-1)_ij = sum over m >= i of (L^-1)_mi (L^-1)_mj, for j <= i.
+            entry = sum(inv_low[m][i] * inv_low[m][j] for m in range(i, c))
+            inverse[..., i, j] = inverse[..., j, i] = entry
+    log_det = 2.0 * sum(np.log(low[j][j]) for j in range(c))
+    return inverse, np.asarray(log_det)
+
+
+def _diagonal_group(X: Array, rows: NDArray[np.intp], f: _Factors) -> _Group:
+    """All incomplete rows at once (diag and spherical): the missing coordinates are
+    independent of the observed ones, so the conditional mean is ``mu_m`` and the
+    marginal density drops the missing coordinates' factors."""
+    params = f.params
+    k, d = params.means.shape
+    Xg = X[rows]
+    missing = np.isnan(Xg)
+    observed = (~missing).astype(np.float64)
+    prec = np.broadcast_to(
+        params.precisions_chol
+        if params.covariance_type == "diag"
+        else params.precisions_chol[:, None],
+        (k, d),
+    )
+    deviation = (np.where(missing, 0.0, Xg)[None, :, :] - params.means[:, None, :]) * observed
+    maha = np.einsum("knd,kd->kn", deviation**2, prec**2)
+    log_prob = -0.5 * (maha + observed.sum(axis=1) * _LOG_2PI)
+    log_prob += (observed @ np.log(prec).T).T + f.log_weights[:, None]
+    variances = 1.0 / prec**2
+
+    def conditional(weighted_resp: Array) -> Array:
+        return (weighted_resp.T @ missing.astype(np.float64)) * variances
+
+    return _Group(rows, log_prob.T, deviation, conditional)
+
+
+def _missing_counts(X: Array) -> NDArray[np.intp]:
+    """The number of missing values (NaN) of each row."""
+    # Counted feature by feature: X is column-major in the engine, so X.T is contiguous.
+    return np.count_nonzero(np.isnan(X.T), axis=0)
+
+
+def _rows_of(X: Array, rows: NDArray[np.intp]) -> Array:
+    """``X[rows]``, column-major like the kernels' blocks (no second copy in them)."""
+    return np.take(X.T, rows, axis=1).T
+
+
+def _incomplete_groups(X: Array, f: _Factors, n_missing: NDArray[np.intp]) -> list[_Group]:
+    """The block's incomplete rows (at least one NaN, at least one value), in groups."""
+    incomplete = np.flatnonzero(n_missing)
+    if incomplete.size == 0:
+        return []
+    if (n_missing[incomplete] == X.shape[1]).any():
+        raise ValueError("a row with every feature missing carries no information.")
+    if f.params.covariance_type in ("diag", "spherical"):
+        return [_diagonal_group(X, incomplete, f)]
+    patterns, inverse = missing_patterns(X[incomplete])
+    sizes = np.bincount(inverse, minlength=patterns.shape[0])
+    groups = []
+    for p in np.flatnonzero(sizes >= SHARED_PATTERN_ROWS):
+        groups.append(_pattern_group(X, incomplete[inverse == p], f, patterns[p]))
+    rest = incomplete[sizes[inverse] < SHARED_PATTERN_ROWS]
+    # One batch for the rows with few missing values (padded to the largest count), one
+    # per count beyond: a row with 2 missing values need not solve a 12 x 12 system.
+    few = n_missing[rest] <= _ELEMENTWISE_SIZE
+    if few.any():
+        groups.append(_precision_group(X, rest[few], f, n_missing[rest[few]]))
+    for c in np.unique(n_missing[rest[~few]]):
+        chosen = rest[n_missing[rest] == c]
+        groups.append(_precision_group(X, chosen, f, n_missing[chosen]))
+    return groups
 
 
 def block_statistics_missing(
@@ -226,25 +453,43 @@ def block_statistics_missing(
     stats : SufficientStatistics
         Centred on ``params.means``; ``log_likelihood`` is that of the observed values.
     """
-    patterns, _, groups = _split(X)
     stats = SufficientStatistics.zeros(params.covariance_type, params.means)
-    for pattern, rows in zip(patterns, groups):
-        w = None if sample_weight is None else sample_weight[rows]
-        if not pattern.any():
-            stats.merge(block_statistics(X[rows], w, params))
-            continue
-        marg = _marginal(params, pattern)
-        weighted_log_prob, deviation = _pattern_terms(X[rows], params, marg)
-        log_prob_norm, resp = _log_normalize(weighted_log_prob)
-        stats.counts += np.bincount(np.argmax(resp, axis=1), minlength=params.n_components)
-        if w is None:
-            stats.log_likelihood += float(log_prob_norm.sum())
-            stats.total_weight += float(rows.size)
-        else:
-            stats.log_likelihood += float(w @ log_prob_norm)
-            stats.total_weight += float(w.sum())
-            resp = resp * w[:, None]
-        _accumulate_pattern(stats, resp, deviation, marg)
+    n_missing = _missing_counts(X)
+    complete = np.flatnonzero(n_missing == 0)
+    if complete.size == X.shape[0]:
+        return block_statistics(X, sample_weight, params)
+    if complete.size:
+        w = None if sample_weight is None else sample_weight[complete]
+        stats.merge(block_statistics(_rows_of(X, complete), w, params))
+    groups = _incomplete_groups(X, _Factors.of(params), n_missing)
+    if not groups:
+        return stats
+    # All incomplete rows at once, in group order; only the conditional covariances are
+    # added group by group.
+    rows = np.concatenate([g.rows for g in groups])
+    log_prob_norm, resp = _log_normalize(np.concatenate([g.weighted_log_prob for g in groups]))
+    dev = np.concatenate([g.deviation for g in groups], axis=1)  # (k, n, d)
+    stats.counts += np.bincount(np.argmax(resp, axis=1), minlength=params.n_components)
+    if sample_weight is None:
+        stats.log_likelihood += float(log_prob_norm.sum())
+        stats.total_weight += float(rows.size)
+    else:
+        w = sample_weight[rows]
+        stats.log_likelihood += float(w @ log_prob_norm)
+        stats.total_weight += float(w.sum())
+        resp = resp * w[:, None]
+    weighted = dev * resp.T[:, :, None]  # (k, n, d)
+    stats.nk += resp.sum(axis=0)
+    stats.sk += weighted.sum(axis=1)
+    if params.covariance_type in ("full", "tied"):
+        scatter = np.swapaxes(weighted, 1, 2) @ dev
+    else:
+        scatter = np.sum(weighted * dev, axis=1)
+    start = 0
+    for g in groups:
+        scatter += g.conditional(resp[start : start + g.rows.size])
+        start += g.rows.size
+    stats.scatter += scatter if params.covariance_type != "tied" else scatter.sum(axis=0)
     return stats
 
 
@@ -256,7 +501,7 @@ def score_and_proba_missing(X: Array, params: MixtureParameters) -> tuple[Array,
     log_prob_norm : ndarray of shape (n_samples,)
     resp : ndarray of shape (n_samples, k)
     """
-    weighted_log_prob, _ = _weighted_log_prob_and_completions(X, params, completions=False)
+    weighted_log_prob, _ = _weighted_log_prob_and_deviations(X, params)
     return _log_normalize(weighted_log_prob)
 
 
@@ -271,28 +516,27 @@ def impute(X: Array, params: MixtureParameters) -> Array:
     -------
     X_imputed : ndarray of shape (n_samples, d)
     """
-    weighted_log_prob, completed = _weighted_log_prob_and_completions(X, params)
-    assert completed is not None
+    weighted_log_prob, deviation = _weighted_log_prob_and_deviations(X, params)
     _, resp = _log_normalize(weighted_log_prob)
     out = np.array(X, dtype=np.float64, copy=True)
     missing = np.isnan(out)
-    filled = np.einsum("nk,knd->nd", resp, completed)
+    filled = np.einsum("nk,knd->nd", resp, deviation + params.means[:, None, :])
     out[missing] = filled[missing]
     return out
 
 
-def _weighted_log_prob_and_completions(
-    X: Array, params: MixtureParameters, completions: bool = True
-) -> tuple[Array, Array | None]:
-    """(n, k) weighted log-densities and, if asked for, (k, n, d) completed rows."""
+def _weighted_log_prob_and_deviations(X: Array, params: MixtureParameters) -> tuple[Array, Array]:
+    """(n, k) weighted log-densities of the observed values, and (k, n, d) deviations
+    of the completed rows from each mean."""
     n, d = X.shape
     k = params.n_components
     weighted_log_prob = np.empty((n, k))
-    completed = np.empty((k, n, d)) if completions else None
-    patterns, _, groups = _split(X)
-    for pattern, rows in zip(patterns, groups):
-        marg = _marginal(params, pattern)
-        weighted_log_prob[rows], deviation = _pattern_terms(X[rows], params, marg)
-        if completed is not None:
-            completed[:, rows] = deviation + params.means[:, None, :]
-    return weighted_log_prob, completed
+    deviation = np.empty((k, n, d))
+    complete = np.flatnonzero(~np.isnan(X).any(axis=1))
+    if complete.size:
+        weighted_log_prob[complete] = estimate_weighted_log_prob(X[complete], params)
+        deviation[:, complete] = X[complete][None, :, :] - params.means[:, None, :]
+    for group in _incomplete_groups(X, _Factors.of(params), _missing_counts(X)):
+        weighted_log_prob[group.rows] = group.weighted_log_prob
+        deviation[:, group.rows] = group.deviation
+    return weighted_log_prob, deviation

@@ -17,7 +17,7 @@ from pyspark.ml.util import MLReadable, MLWritable
 from spark_gmm import gaussian
 from spark_gmm.errors import InvalidInputError
 from spark_gmm.gaussian import MixtureParameters
-from spark_gmm.params import HANDLE_INVALID, _GaussianMixtureParams
+from spark_gmm.params import HANDLE_INVALID, HANDLE_MISSING, _GaussianMixtureParams
 from spark_gmm.session import ensure_local_python_workers
 
 __all__ = ["GaussianMixtureModel", "GaussianMixtureSummary"]
@@ -415,6 +415,12 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
     def setHandleInvalid(self, value: str) -> GaussianMixtureModel:
         return self._set(handleInvalid=value)
 
+    def setHandleMissing(self, value: str) -> GaussianMixtureModel:
+        return self._set(handleMissing=value)
+
+    def setImputedCol(self, value: str) -> GaussianMixtureModel:
+        return self._set(imputedCol=value)
+
     def _transform(self, dataset: Any) -> Any:
         from pyspark.sql import functions as F
 
@@ -424,6 +430,11 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
             raise InvalidInputError(
                 f"handleInvalid must be one of {', '.join(HANDLE_INVALID)}; "
                 f"got {self.getHandleInvalid()!r}."
+            )
+        if self.getHandleMissing() not in HANDLE_MISSING:
+            raise InvalidInputError(
+                f"handleMissing must be one of {', '.join(HANDLE_MISSING)}; "
+                f"got {self.getHandleMissing()!r}."
             )
         ensure_local_python_workers(dataset.sparkSession)
         params = self.mixtureParameters
@@ -436,7 +447,10 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
             )
         handle = self.getHandleInvalid()
         tmp = "__spark_gmm_out"
-        column, probability = scoring_column(columns, spec, params, handle)
+        imputed_col = self.getImputedCol()
+        column, probability, imputed = scoring_column(
+            columns, spec, params, handle, imputed=imputed_col is not None
+        )
         out = row_based_input(dataset, spec.names[0]).withColumn(tmp, column)
         if handle == "skip":
             out = out.where(F.col(f"{tmp}.prediction").isNotNull())
@@ -445,4 +459,6 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
         ll_col = self.getLogLikelihoodCol()
         if ll_col:
             out = out.withColumn(ll_col, F.col(f"{tmp}.loglik"))
+        if imputed_col:
+            out = out.withColumn(imputed_col, imputed(F.col(tmp)))
         return out.drop(tmp)

@@ -39,7 +39,7 @@ from spark_gmm.engine import BLOCK_DTYPES, STORAGE_LEVELS, CacheOptions, Prepare
 from spark_gmm.errors import InvalidInputError
 from spark_gmm.gaussian import COVARIANCE_TYPES, MixtureParameters
 
-__all__ = ["HANDLE_INVALID"]
+__all__ = ["HANDLE_INVALID", "HANDLE_MISSING"]
 
 log = logging.getLogger("spark_gmm")
 
@@ -50,6 +50,7 @@ Array = NDArray[np.float64]
 _DEFAULT_SEED = zlib.crc32(b"spark_gmm.GaussianMixture")
 
 HANDLE_INVALID = ("error", "skip", "keep")
+HANDLE_MISSING = ("invalid", "marginalize")
 
 _OVERFLOW = (
     "EM statistics became infinite: the features, or the weights in weightCol, are too "
@@ -104,6 +105,24 @@ class _MixtureFitParams(
         Params._dummy(),
         "logLikelihoodCol",
         "Output column of each row's log-likelihood under the model; unset: not added.",
+        typeConverter=TypeConverters.toString,
+    )
+    handleMissing: Param[str] = Param(
+        Params._dummy(),
+        "handleMissing",
+        "Null or NaN features: 'invalid' (the row is invalid and follows handleInvalid) "
+        "or 'marginalize' (EM over each row's observed features: the responsibilities "
+        "come from the marginal density of the observed values and the statistics use "
+        "the conditional expectation of the missing ones; a row with no observed feature "
+        "is still invalid, and so is an infinite value).",
+        typeConverter=TypeConverters.toString,
+    )
+    imputedCol: Param[str] = Param(
+        Params._dummy(),
+        "imputedCol",
+        "transform: output column (ml Vector) of the features with each missing value "
+        "replaced by its conditional expectation under the model (with "
+        "handleMissing='marginalize'); unset: not added.",
         typeConverter=TypeConverters.toString,
     )
     initSampleSize: Param[int] = Param(
@@ -161,6 +180,7 @@ class _MixtureFitParams(
             initMode="short-em",
             nInit=1,
             handleInvalid="error",
+            handleMissing="invalid",
             initSampleSize=100_000,
             checkpointInterval=10,
             resumeFromCheckpoint=False,
@@ -188,6 +208,7 @@ class _MixtureFitParams(
             "features": list(spec.names),
             "weightCol": self._opt(self.weightCol),
             "handleInvalid": self.getHandleInvalid(),
+            "handleMissing": self.getHandleMissing(),
             "tol": self.getTol(),
             "regCovar": self.getRegCovar(),
             "initMode": self.getInitMode(),
@@ -217,6 +238,15 @@ class _MixtureFitParams(
 
     def getInitSampleSize(self) -> int:
         return self.getOrDefault(self.initSampleSize)
+
+    def getHandleMissing(self) -> str:
+        return self.getOrDefault(self.handleMissing)
+
+    def getImputedCol(self) -> str | None:
+        return self._opt(self.imputedCol)
+
+    def _marginalize(self) -> bool:
+        return self.getHandleMissing() == "marginalize"
 
     def getCacheStorageLevel(self) -> str:
         return self.getOrDefault(self.cacheStorageLevel)
@@ -298,6 +328,11 @@ class _MixtureFitParams(
             f"got {self.getHandleInvalid()!r}.",
         )
         need(
+            self.getHandleMissing() in HANDLE_MISSING,
+            f"handleMissing must be one of {', '.join(HANDLE_MISSING)}; "
+            f"got {self.getHandleMissing()!r}.",
+        )
+        need(
             self.getInitSampleSize() >= k_max,
             f"initSampleSize must be >= k={k_max}; got {self.getInitSampleSize()}.",
         )
@@ -336,6 +371,7 @@ class _MixtureFitParams(
             self.getFeaturesCol(),
             self._opt(self.weightCol) if with_weight else None,
             n_features=n_features,
+            allow_missing=self._marginalize(),
         )
 
 
@@ -388,6 +424,12 @@ class _MixtureFitSetters(_MixtureFitParams):
 
     def setHandleInvalid(self: _Fit, value: str) -> _Fit:
         return self._set(handleInvalid=value)
+
+    def setHandleMissing(self: _Fit, value: str) -> _Fit:
+        return self._set(handleMissing=value)
+
+    def setImputedCol(self: _Fit, value: str) -> _Fit:
+        return self._set(imputedCol=value)
 
     def setInitSampleSize(self: _Fit, value: int) -> _Fit:
         return self._set(initSampleSize=value)

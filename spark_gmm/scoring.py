@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from numpy.typing import NDArray
 
-from spark_gmm import gaussian
+from spark_gmm import gaussian, missing
 from spark_gmm.data import FeatureSpec, batch_to_rows
 from spark_gmm.errors import InvalidInputError
 from spark_gmm.gaussian import MixtureParameters
@@ -107,7 +108,11 @@ def row_based_input(dataset: Any, column: str) -> Any:
 
 
 def score_arrays(
-    arrays: list[pa.Array], spec: FeatureSpec, params: MixtureParameters, handle: str
+    arrays: list[pa.Array],
+    spec: FeatureSpec,
+    params: MixtureParameters,
+    handle: str,
+    imputed: bool = False,
 ) -> pa.StructArray:
     """Score one batch of feature arrays.
 
@@ -117,14 +122,20 @@ def score_arrays(
         ``spec.n_features`` float64 arrays (``spec.source == "columns"``), or one list
         array of vectors.
     spec : FeatureSpec
+        Under ``spec.allow_missing``, a row's null or NaN features are marginalised: its
+        outputs come from the density of its observed features.
     params : MixtureParameters
     handle : {'error', 'skip', 'keep'}
+    imputed : bool
+        Also return each row with its missing values replaced by their conditional
+        expectation under the model (:func:`spark_gmm.missing.impute`).
 
     Returns
     -------
     pyarrow.StructArray of (prediction int32, probability list<float64>, loglik float64)
-        Null children for rows that cannot be scored (invalid features, or so far from
-        every component that their likelihood is not finite), unless ``handle='error'``.
+        Then ``imputed list<float64>`` if asked for. Null children for rows that cannot
+        be scored (invalid features, or so far from every component that their
+        likelihood is not finite), unless ``handle='error'``.
 
     Raises
     ------
@@ -134,17 +145,22 @@ def score_arrays(
     names = list(dict.fromkeys(spec.names))
     batch = pa.RecordBatch.from_arrays(arrays, names=[f"f{j}" for j in range(len(arrays))])
     X, _, bad, _ = batch_to_rows(batch, spec)
-    n, k = batch.num_rows, params.n_components
+    n, k, d = batch.num_rows, params.n_components, params.n_features
     if handle == "error" and bad.any():
+        missing_hint = (
+            ""
+            if spec.allow_missing
+            else " To use rows with missing values, fit and score with handleMissing='marginalize'."
+        )
         raise InvalidInputError(
             f"{int(bad.sum())} row(s) of a batch (the first found; others may follow) have "
-            f"null, NaN, infinite or wrongly sized features in "
-            f"{', '.join(repr(c) for c in names)}. Clean them, or set handleInvalid='skip' "
-            "(drop the rows) or 'keep' (null outputs)."
+            f"{_problem_words(spec)} features in {', '.join(repr(c) for c in names)}. Clean "
+            "them, or set handleInvalid='skip' (drop the rows) or 'keep' (null outputs)."
+            + missing_hint
         )
     ok = ~bad
-    XT = np.ascontiguousarray((X[ok] if bad.any() else X).T)
-    log_prob_norm, resp_t = gaussian.score_t(XT, params)
+    X_ok = X[ok] if bad.any() else X
+    log_prob_norm, resp_t, X_imputed = _score_rows(X_ok, params, spec.allow_missing, imputed)
     # Rows so far from every component (e.g. values near 1e300) that their densities
     # overflow: no probabilities exist for them; never emit NaN.
     finite = np.isfinite(log_prob_norm) & np.isfinite(resp_t).all(axis=0)
@@ -158,6 +174,8 @@ def score_arrays(
             )
         resp_t[:, ~finite] = 0.0
         log_prob_norm[~finite] = 0.0
+        if X_imputed is not None:
+            X_imputed[~finite] = 0.0
     prediction = np.argmax(resp_t, axis=0).astype(np.int32)
     proba = resp_t.T  # (rows, k), row-major: one flat buffer of values
     if bad.any() or not finite.all():
@@ -170,24 +188,73 @@ def score_arrays(
         full_ll = np.zeros(n)
         full_ll[ok] = log_prob_norm
         prediction, proba, log_prob_norm = full_pred, full_proba, full_ll
+        if X_imputed is not None:
+            full_imputed = np.zeros((n, d))
+            full_imputed[ok] = X_imputed
+            X_imputed = full_imputed
         mask, list_mask = null, pa.array(null)
     else:
         mask, list_mask = None, None
-    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-    values = pa.array(np.ascontiguousarray(proba).reshape(-1))
-    return pa.StructArray.from_arrays(
-        [
-            pa.array(prediction, mask=mask),
-            pa.ListArray.from_arrays(offsets, values, mask=list_mask),
-            pa.array(log_prob_norm, mask=mask),
-        ],
-        fields=_OUTPUT_FIELDS,
-    )
+    children = [
+        pa.array(prediction, mask=mask),
+        _list_rows(proba, list_mask),
+        pa.array(log_prob_norm, mask=mask),
+    ]
+    fields = list(_OUTPUT_FIELDS)
+    if X_imputed is not None:
+        children.append(_list_rows(X_imputed, list_mask))
+        fields.append(pa.field("imputed", pa.list_(pa.float64())))
+    return pa.StructArray.from_arrays(children, fields=fields)
+
+
+def _problem_words(spec: FeatureSpec) -> str:
+    if spec.allow_missing:
+        return "infinite, all-missing or wrongly sized"
+    return "null, NaN, infinite or wrongly sized"
+
+
+def _list_rows(values: NDArray[np.float64], mask: pa.Array | None) -> pa.ListArray:
+    """The rows of a 2-D array as a ``list<double>`` array over one flat buffer."""
+    n, width = values.shape
+    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+    return pa.ListArray.from_arrays(offsets, flat, mask=mask)
+
+
+def _score_rows(
+    X: NDArray[np.float64], params: MixtureParameters, allow_missing: bool, imputed: bool
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64] | None]:
+    """Log-likelihoods (n,), responsibilities (k, n) and, if asked, imputed rows (n, d).
+
+    Complete rows take the E-step kernel; rows with missing values (NaN, only under
+    ``allow_missing``) the marginal density of :mod:`spark_gmm.missing`.
+    """
+    incomplete = np.isnan(X).any(axis=1) if allow_missing else None
+    if incomplete is None or not incomplete.any():
+        log_prob_norm, resp_t = gaussian.score_t(np.ascontiguousarray(X.T), params)
+        return log_prob_norm, resp_t, (np.array(X, dtype=np.float64) if imputed else None)
+    complete = ~incomplete
+    log_prob_norm = np.empty(X.shape[0])
+    resp_t = np.empty((params.n_components, X.shape[0]))
+    if complete.any():
+        ll, r = gaussian.score_t(np.ascontiguousarray(X[complete].T), params)
+        log_prob_norm[complete], resp_t[:, complete] = ll, r
+    ll, r = missing.score_and_proba_missing(X[incomplete], params)
+    log_prob_norm[incomplete], resp_t[:, incomplete] = ll, r.T
+    X_imputed = None
+    if imputed:
+        X_imputed = np.array(X, dtype=np.float64)
+        X_imputed[incomplete] = missing.impute(X[incomplete], params)
+    return log_prob_norm, resp_t, X_imputed
 
 
 def scoring_column(
-    columns: list[Any], spec: FeatureSpec, params: MixtureParameters, handle: str
-) -> tuple[Any, Callable[[Any], Any]]:
+    columns: list[Any],
+    spec: FeatureSpec,
+    params: MixtureParameters,
+    handle: str,
+    imputed: bool = False,
+) -> tuple[Any, Callable[[Any], Any], Callable[[Any], Any]]:
     """The UDF column scoring ``columns`` with ``params``, and how to read its outputs.
 
     ``columns`` are the feature columns of :func:`spark_gmm.data.resolve_features`:
@@ -196,14 +263,16 @@ def scoring_column(
     Returns
     -------
     column : pyspark.sql.Column
-        A struct with fields ``prediction`` and ``loglik``, and the probabilities.
-    probability : callable
-        Given a column holding that struct, the probabilities as an ml Vector column
-        (null where the prediction is null).
+        A struct with fields ``prediction`` and ``loglik``, and the probabilities (and
+        the imputed features when ``imputed``).
+    probability, imputed_vector : callable
+        Given a column holding that struct, the probabilities (the imputed features) as
+        an ml Vector column, null where the prediction is null.
     """
     if has_arrow_udf():
-        return _arrow_column(columns, spec, params, handle), lambda out: out["probability"]
-    return _pandas_column(columns, spec, params, handle)
+        column = _arrow_column(columns, spec, params, handle, imputed)
+        return column, lambda out: out["probability"], lambda out: out["imputed"]
+    return _pandas_column(columns, spec, params, handle, imputed)
 
 
 def dense_vectors(lists: pa.ListArray) -> pa.StructArray:
@@ -225,32 +294,39 @@ def dense_vectors(lists: pa.ListArray) -> pa.StructArray:
     )
 
 
-def _arrow_column(columns: list[Any], spec: FeatureSpec, params: Any, handle: str) -> Any:
+def _arrow_column(
+    columns: list[Any], spec: FeatureSpec, params: Any, handle: str, imputed: bool
+) -> Any:
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import types as T
     from pyspark.sql.functions import arrow_udf
 
-    returns = T.StructType(
-        [
-            T.StructField("prediction", T.IntegerType()),
-            T.StructField("probability", VectorUDT()),
-            T.StructField("loglik", T.DoubleType()),
-        ]
-    )
+    fields = [
+        T.StructField("prediction", T.IntegerType()),
+        T.StructField("probability", VectorUDT()),
+        T.StructField("loglik", T.DoubleType()),
+    ]
+    if imputed:
+        fields.append(T.StructField("imputed", VectorUDT()))
+    returns = T.StructType(fields)
 
     def score(*arrays: pa.Array) -> pa.Array:
-        out = score_arrays(list(arrays), spec, params, handle)
-        return pa.StructArray.from_arrays(
-            [out.field("prediction"), dense_vectors(out.field("probability")), out.field("loglik")],
-            names=returns.names,
-        )
+        out = score_arrays(list(arrays), spec, params, handle, imputed)
+        children = [
+            out.field("prediction"),
+            dense_vectors(out.field("probability")),
+            out.field("loglik"),
+        ]
+        if imputed:
+            children.append(dense_vectors(out.field("imputed")))
+        return pa.StructArray.from_arrays(children, names=returns.names)
 
     return arrow_udf(score, returns)(*columns)  # type: ignore[call-overload]
 
 
 def _pandas_column(
-    columns: list[Any], spec: FeatureSpec, params: Any, handle: str
-) -> tuple[Any, Callable[[Any], Any]]:
+    columns: list[Any], spec: FeatureSpec, params: Any, handle: str, imputed: bool
+) -> tuple[Any, Callable[[Any], Any], Callable[[Any], Any]]:
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
 
@@ -264,15 +340,23 @@ def _pandas_column(
         columns = [
             F.when(size_ok, vector.getItem(j)).alias(f"_gmm_f{j}") for j in range(spec.n_features)
         ]
-        spec = make_spec("columns", [spec.names[0]] * spec.n_features, spec.n_features, None)
-    k = params.n_components
+        spec = make_spec(
+            "columns",
+            [spec.names[0]] * spec.n_features,
+            spec.n_features,
+            None,
+            spec.allow_missing,
+        )
+    k, d = params.n_components, params.n_features
     ddl = "prediction int, loglik double, " + ", ".join(f"p{j} double" for j in range(k))
+    if imputed:
+        ddl += ", " + ", ".join(f"i{j} double" for j in range(d))
 
     # The type hints say "Series in, DataFrame out" (a scalar pandas UDF returning a
     # struct); pandas is imported at module level so that PySpark can resolve them.
     def score(*series: pd.Series) -> pd.DataFrame:
         arrays = [pa.Array.from_pandas(s, type=pa.float64()) for s in series]
-        out = score_arrays(arrays, spec, params, handle)
+        out = score_arrays(arrays, spec, params, handle, imputed)
         null = np.asarray(out.field("prediction").is_null(), dtype=bool)
         frame = {
             "prediction": pd.array(out.field("prediction").fill_null(0).to_numpy(), "Int32"),
@@ -282,15 +366,23 @@ def _pandas_column(
         proba = out.field("probability").values.to_numpy().reshape(-1, k)
         for j in range(k):
             frame[f"p{j}"] = np.where(null, np.nan, proba[:, j])
+        if imputed:
+            filled = out.field("imputed").values.to_numpy().reshape(-1, d)
+            for j in range(d):
+                frame[f"i{j}"] = np.where(null, np.nan, filled[:, j])
         result = pd.DataFrame(frame)
         result.loc[null, "prediction"] = pd.NA
         return result
 
-    def probability(out: Any) -> Any:
-        from pyspark.ml.functions import array_to_vector
+    def vector_of(prefix: str, size: int) -> Callable[[Any], Any]:
+        def read(out: Any) -> Any:
+            from pyspark.ml.functions import array_to_vector
 
-        # array_to_vector fails on null: rows kept under handleInvalid='keep' have none.
-        proba = F.array(*[out[f"p{j}"] for j in range(k)])
-        return F.when(out["prediction"].isNotNull(), array_to_vector(proba))
+            # array_to_vector fails on null: rows kept under handleInvalid='keep' have none.
+            values = F.array(*[out[f"{prefix}{j}"] for j in range(size)])
+            return F.when(out["prediction"].isNotNull(), array_to_vector(values))
 
-    return pandas_udf(score, ddl)(*columns), probability  # type: ignore[call-overload]
+        return read
+
+    column = pandas_udf(score, ddl)(*columns)  # type: ignore[call-overload]
+    return column, vector_of("p", k), vector_of("i", d)

@@ -203,6 +203,8 @@ class GaussianMixtureSelector(
         nInit: int = 1,
         logLikelihoodCol: str | None = None,
         handleInvalid: str = "error",
+        handleMissing: str = "invalid",
+        imputedCol: str | None = None,
         initSampleSize: int = 100_000,
         checkpointDir: str | None = None,
         checkpointInterval: int = 10,
@@ -266,6 +268,7 @@ class GaussianMixtureSelector(
                 init_sample_size=self.getInitSampleSize(),
                 checkpoint=self._checkpointer(data, spec, {"grid": [[k, t] for k, t in grid]}),
                 resume=self.getResumeFromCheckpoint(),
+                missing=self._marginalize(),
             )
         except FloatingPointError:
             raise InvalidInputError(_OVERFLOW) from None

@@ -15,7 +15,7 @@ from helpers import make_mixture, rel_err
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from spark_gmm import gaussian, missing
-from spark_gmm.gaussian import COVARIANCE_TYPES, MixtureParameters, SufficientStatistics
+from spark_gmm.gaussian import COVARIANCE_TYPES, MixtureParameters
 
 
 def _params(X, k, covariance_type, seed=0):
@@ -86,8 +86,14 @@ def _reference_statistics(X, weights, params):
     return nk, sk, scatter, loglik
 
 
+@pytest.mark.parametrize("shared_rows", [1, 32, 10**9], ids=["by-pattern", "mixed", "by-row"])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_statistics_equal_a_per_row_reference_on_random_patterns(covariance_type):
+def test_statistics_equal_a_per_row_reference_on_random_patterns(
+    covariance_type, shared_rows, monkeypatch
+):
+    # Rows of a pattern shared by >= shared_rows rows get one factorisation of S_oo; the
+    # others each solve a small system in the precision matrix: both must be exact.
+    monkeypatch.setattr(missing, "SHARED_PATTERN_ROWS", shared_rows)
     X, _ = make_mixture(n=400, d=5, k=3, seed=4)
     params = _params(X, 3, covariance_type)
     Xm = _knock_out(X, 0.3, seed=1)
@@ -127,16 +133,6 @@ def test_complete_rows_give_todays_statistics(covariance_type):
     for name in ("nk", "sk", "scatter", "counts"):
         np.testing.assert_array_equal(getattr(stats_complete, name), getattr(today, name))
     assert stats_complete.log_likelihood == today.log_likelihood
-    # The general per-pattern path, given a pattern with nothing missing, agrees too.
-    marg = missing._marginal(params, np.zeros(4, dtype=bool))
-    wlp, dev = missing._pattern_terms(X, params, marg)
-    log_prob_norm, resp = gaussian._log_normalize(wlp)
-    general = SufficientStatistics.zeros(covariance_type, params.means)
-    missing._accumulate_pattern(general, resp, dev, marg)
-    reference = gaussian.block_statistics(X, None, params)
-    assert rel_err(general.nk, reference.nk) < 1e-12
-    assert rel_err(general.scatter, reference.scatter, floor=1e-9) < 1e-11
-    assert log_prob_norm.sum() == pytest.approx(reference.log_likelihood, rel=1e-13)
     assert stats.total_weight == len(X)
 
 
@@ -267,3 +263,115 @@ def test_a_row_with_nothing_observed_is_refused():
     X[7] = np.nan
     with pytest.raises(ValueError, match="every feature missing"):
         missing.block_statistics_missing(X, None, params)
+
+
+# ---------------------------------------------------------------------------
+# The engine's parts around the core: validation of input batches, the tasks
+# ---------------------------------------------------------------------------
+
+
+def _batch(columns):
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_arrays(
+        [pa.array(c, pa.float64()) for c in columns], names=[f"f{j}" for j in range(len(columns))]
+    )
+
+
+def test_validation_keeps_missing_values_and_refuses_empty_or_infinite_rows():
+    import pyarrow as pa
+
+    from spark_gmm.data import batch_to_rows, make_spec
+
+    a = [1.0, None, float("nan"), None, 5.0]
+    b = [2.0, 3.0, 4.0, None, float("inf")]
+    spec = make_spec("columns", ["a", "b"], 2, None, allow_missing=True)
+    X, _, bad, counts = batch_to_rows(_batch([a, b]), spec)
+    # Row 3 has nothing observed, row 4 an infinity; rows 1 and 2 miss 'a'.
+    assert list(bad) == [False, False, False, True, True]
+    assert spec.problem_labels == [
+        "column 'a': infinite values",
+        "column 'b': infinite values",
+        "rows with every feature null or NaN",
+    ]
+    assert counts == [0, 1, 1, 2, 0]  # problems, then missing values of a and b
+    assert np.isnan(X[1, 0]) and np.isnan(X[2, 0]) and X[2, 1] == 4.0
+    # Without allow_missing, null and NaN make the row invalid, as before.
+    plain = make_spec("columns", ["a", "b"], 2, None)
+    _, _, bad, counts = batch_to_rows(_batch([a, b]), plain)
+    assert list(bad) == [False, True, True, True, True] and counts == [3, 2]
+    # A vector column: NaN and null entries are missing; a null vector is invalid.
+    vectors = pa.array([[1.0, None], [float("nan"), float("nan")], None, [1.0, 2.0]])
+    spec = make_spec("vector", ["v"], 2, None, allow_missing=True)
+    X, _, bad, counts = batch_to_rows(pa.RecordBatch.from_arrays([vectors], ["f0"]), spec)
+    assert list(bad) == [False, True, True, False]
+    assert counts == [1, 0, 0, 1, 0, 1]
+    assert X[0, 0] == 1.0 and np.isnan(X[0, 1])
+
+
+def test_summary_names_a_feature_missing_everywhere():
+    from spark_gmm.data import iter_blocks, make_spec, summarize_blocks, unobserved_features_message
+
+    spec = make_spec("columns", ["a", "b"], 2, None, allow_missing=True)
+    batches = [_batch([[1.0, 2.0], [None, None]]), _batch([[3.0], [float("nan")]])]
+    summary = summarize_blocks(
+        [raw for *_, raw, _ in iter_blocks(batches, spec, False, summaries_only=True)], spec
+    )
+    assert summary.rows_read == 3 and list(summary.missing) == [0, 3]
+    assert summary.col_min[0] == 1.0 and summary.col_max[0] == 3.0
+    message = unobserved_features_message(spec, summary)
+    assert message is not None and "'b'" in message and "'a'" not in message
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_in_memory_fit_climbs_the_observed_likelihood(covariance_type):
+    from spark_gmm.em import InMemoryData, fit_em
+
+    X, _ = make_mixture(n=600, d=4, k=3, seed=12)
+    Xm = _knock_out(X, 0.2, seed=13)
+    result = fit_em(
+        InMemoryData(Xm, n_blocks=4), 3, covariance_type, init_mode="kmeans", seed=1, missing=True
+    )
+    history = np.array(result.history)
+    assert np.all(np.isfinite(history)) and np.all(np.diff(history) >= -1e-12), history
+    # The final log-likelihood is the observed-data one of the returned parameters.
+    ll = missing.score_and_proba_missing(Xm, result.params)[0].mean()
+    assert result.log_likelihood / result.total_weight == pytest.approx(ll, rel=1e-12)
+
+
+def test_initialisation_tasks_complete_rows_with_the_nearest_centre():
+    from spark_gmm.kernels import HardTask
+
+    centres = np.array([[0.0, 0.0, 0.0], [10.0, 10.0, 10.0]])
+    X = np.array([[9.0, np.nan, 11.0], [np.nan, 1.0, -1.0], [0.5, 0.5, np.nan]])
+    stats = HardTask(centres, "full").statistics(X, None)
+    completed = np.array([[9.0, 10.0, 11.0], [0.0, 1.0, -1.0], [0.5, 0.5, 0.0]])
+    expected = HardTask(centres, "full").statistics(completed, None)
+    np.testing.assert_array_equal(stats.nk, [2.0, 1.0])
+    np.testing.assert_allclose(stats.sk, expected.sk)
+    np.testing.assert_allclose(stats.scatter, expected.scatter)
+
+
+def test_many_patterns_are_bounded_and_announced(caplog):
+    import logging
+
+    from spark_gmm.em import _warn_of_many_patterns
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 12))
+    # Few patterns: two columns sometimes empty. No warning.
+    few = X.copy()
+    few[::3, 0] = np.nan
+    few[::5, 7] = np.nan
+    assert missing.pattern_overhead(few) == pytest.approx(3 * 12 / (3 * 400))
+    # Nearly every row its own pattern: the bound is 1 + d/3 times the row work.
+    many = X.copy()
+    many[rng.uniform(size=X.shape) < 0.5] = np.nan
+    n_patterns = missing.missing_patterns(many)[0].any(axis=1).sum()
+    assert n_patterns > 350
+    assert missing.pattern_overhead(many) == pytest.approx(n_patterns * 12 / (3 * 400))
+    with caplog.at_level(logging.WARNING, logger="spark_gmm"):
+        _warn_of_many_patterns(few)
+        assert not caplog.records
+        _warn_of_many_patterns(many)
+    assert "many distinct patterns of missing features" in caplog.text
