@@ -286,7 +286,7 @@ def _checked_sample(
     X, w = data.sample(size, seed)
     missing = np.isnan(X)
     if missing.any():
-        _warn_of_many_patterns(X)
+        _warn_of_missing_cost(X)
         observed_weight = w @ ~missing
         with np.errstate(invalid="ignore", divide="ignore"):
             means = (w @ np.where(missing, 0.0, X)) / observed_weight
@@ -310,25 +310,25 @@ def _checked_sample(
     return X, w
 
 
-# Warn when the missingness patterns may cost more than the rows themselves.
-_PATTERN_OVERHEAD_WARNING = 1.0
+# Warn when the missing values at least double the E-step's arithmetic.
+_MISSING_COST_WARNING = 2.0
 
 
-def _warn_of_many_patterns(X: Array) -> None:
-    """A warning when a block of the sample has so many missingness patterns that their
-    factorisations could cost more than the E-step's rows (:func:`pattern_overhead`)."""
-    from spark_gmm.missing import pattern_overhead
+def _warn_of_missing_cost(X: Array) -> None:
+    """A warning when the sample's missing values make the E-step's arithmetic at least
+    ``_MISSING_COST_WARNING`` times that of complete rows (:func:`relative_cost`)."""
+    from spark_gmm.missing import relative_cost
 
-    rows = kernels.kernel_rows(X.shape[1])
-    overhead = pattern_overhead(X[:rows])
-    if overhead > _PATTERN_OVERHEAD_WARNING:
+    cost = relative_cost(X)
+    if cost >= _MISSING_COST_WARNING:
+        share = float(np.isnan(X).any(axis=1).mean())
         log.warning(
-            "the rows have many distinct patterns of missing features (%d features): "
-            "marginalising them may cost up to %.1fx a complete-data EM iteration. If "
-            "that is too slow, drop the features that are most often missing, or impute "
-            "them before the fit.",
-            X.shape[1],
-            1.0 + overhead,
+            "%.0f%% of the sampled rows have missing features: marginalising them costs "
+            "about %.1fx the arithmetic of a complete-data EM iteration. If that is too "
+            "slow, drop the features that are most often missing, or impute them before "
+            "the fit.",
+            100.0 * share,
+            cost,
         )
 
 

@@ -37,6 +37,7 @@ formed without ever subtracting two large numbers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ __all__ = [
     "block_statistics_missing",
     "impute",
     "missing_patterns",
-    "pattern_overhead",
+    "relative_cost",
     "score_and_proba_missing",
 ]
 
@@ -98,31 +99,33 @@ def missing_patterns(X: Array) -> tuple[NDArray[np.bool_], NDArray[np.intp]]:
     return unpacked, np.asarray(inverse, dtype=np.intp).reshape(-1)
 
 
-def pattern_overhead(X: Array) -> float:
-    """Bound on the extra cost of the missingness patterns of one block.
+def relative_cost(X: Array) -> float:
+    """Arithmetic of an E-step on these rows, relative to the same rows complete.
 
-    Each pattern costs a factorisation of its observed covariance block per component,
-    at most ``k d^3 / 3`` flops, against ``k d^2`` per row for the rows themselves: a
-    block of ``n`` rows with ``p`` patterns costs at most ``1 + p d / (3 n)`` times the
-    row work. Few patterns (the usual case: a handful of columns that are sometimes
-    empty) cost nothing; every row its own pattern costs up to ``1 + d / 3``.
+    A complete row costs ``2 d^2`` flops per component (its whitening). An incomplete
+    row with ``c`` missing values costs at most ``2 (d + c)^2 + 2 d^2 + c^3``: a product
+    with the precision matrix (padded, see :func:`_precision_group`), the whitening of
+    the completed row, and a ``c`` x ``c`` inverse. That is ``(1 + c/d)^2 + 1 +
+    c^3 / (2 d^2)`` times a complete row, between about 2 (one value missing) and
+    ``5 + d/2`` (all but one), whatever the patterns: no pattern is factorised for
+    fewer than ``SHARED_PATTERN_ROWS`` rows.
 
     Parameters
     ----------
     X : ndarray of shape (n_samples, d)
-        A block's rows, NaN for missing values.
+        NaN for missing values.
 
     Returns
     -------
-    overhead : float
-        ``p d / (3 n)`` for the incomplete rows' patterns (0 for a complete block).
+    cost : float
+        The mean over the rows of that ratio (1 for complete rows); 1.0 when empty.
     """
     n, d = X.shape
     if n == 0:
-        return 0.0
-    patterns, _ = missing_patterns(X)
-    incomplete = int(patterns.any(axis=1).sum())
-    return incomplete * d / (3.0 * n)
+        return 1.0
+    c = _missing_counts(X).astype(np.float64)
+    ratio = (1.0 + c / d) ** 2 + 1.0 + c**3 / (2.0 * d * d)
+    return float(np.mean(np.where(c > 0, ratio, 1.0)))
 
 
 # A pattern shared by at least this many rows of a block gets its own factorisation of
@@ -204,38 +207,55 @@ class _Group:
     conditional: Callable[[Array], Array]
 
 
-@dataclass(frozen=True)
 class _Factors:
-    """What every group of a block needs, computed once per block."""
+    """What every group needs from the parameters, computed once per parameters (a data
+    pass calls the kernel on many blocks with the same ones, see :func:`_factors_of`).
+    """
 
-    params: MixtureParameters
-    log_weights: Array  # (k,)
-    precisions: Array | None  # (k, d, d) precision matrices (full and tied)
-    covariances: Array | None  # (k, d, d) (full and tied)
-    log_det_chol: Array  # (k,): 0.5 log det of each precision (full and tied)
-
-    @classmethod
-    def of(cls, params: MixtureParameters) -> _Factors:
+    def __init__(self, params: MixtureParameters) -> None:
         k, d = params.means.shape
-        ct = params.covariance_type
-        log_weights = _log_weights(params.weights)
-        if ct in ("diag", "spherical"):
-            return cls(params, log_weights, None, None, np.zeros(k))
-        chol = np.broadcast_to(params.precisions_chol, (k, d, d))
+        self.params = params
+        self.log_weights: Array = _log_weights(params.weights)
+        self.precisions: Array | None = None  # (k, d, d) precision matrices (full, tied)
+        self.log_det_chol: Array = np.zeros(k)  # (k,) 0.5 log det of each precision
+        if params.covariance_type in ("full", "tied"):
+            chol = np.broadcast_to(params.precisions_chol, (k, d, d))
+            self.precisions = chol @ np.swapaxes(chol, 1, 2)
+            self.log_det_chol = np.sum(np.log(np.diagonal(chol, axis1=1, axis2=2)), axis=1)
+
+    @functools.cached_property
+    def covariances(self) -> Array:
+        """(k, d, d) covariances (full and tied), for the patterns factorised whole."""
+        params = self.params
+        k, d = params.means.shape
         covariances = params.covariances
         if covariances.size == 0:  # stripped for the trip to the executors (kernels.py)
-            covariances = covariances_from_precisions_cholesky(params.precisions_chol, ct)
-        covariances = np.broadcast_to(covariances, (k, d, d))
-        precisions = chol @ np.swapaxes(chol, 1, 2)
-        log_det_chol = np.sum(np.log(np.diagonal(chol, axis1=1, axis2=2)), axis=1)
-        return cls(params, log_weights, precisions, covariances, log_det_chol)
+            covariances = covariances_from_precisions_cholesky(
+                params.precisions_chol, params.covariance_type
+            )
+        return np.broadcast_to(covariances, (k, d, d))
+
+
+# The factors of the last few parameters seen, by identity: a pass runs the kernel on
+# every block of a partition with the same parameters (one per candidate).
+_FACTORS: dict[int, _Factors] = {}
+_FACTORS_KEPT = 16
+
+
+def _factors_of(params: MixtureParameters) -> _Factors:
+    found = _FACTORS.get(id(params))
+    if found is not None and found.params is params:
+        return found
+    if len(_FACTORS) >= _FACTORS_KEPT:
+        _FACTORS.clear()
+    _FACTORS[id(params)] = made = _Factors(params)
+    return made
 
 
 def _pattern_group(
     X: Array, rows: NDArray[np.intp], f: _Factors, pattern: NDArray[np.bool_]
 ) -> _Group:
     """Rows sharing one pattern (full and tied): one factorisation of S_oo per component."""
-    assert f.covariances is not None
     marg = _marginal(f.covariances, pattern)
     o, m = marg.observed, marg.missing
     params = f.params
@@ -292,13 +312,12 @@ def _precision_group(
     precisions = np.zeros((k, width, width))
     precisions[:, :d, :d] = f.precisions
     precisions[:, np.arange(d, width), np.arange(d, width)] = 1.0
-    deviation = np.zeros((k, n, width))
-    np.subtract(
-        np.where(missing, 0.0, Xg), ~missing * params.means[:, None, :], out=deviation[:, :, :d]
-    )
-    at_missing = np.broadcast_to(index[None], (k, n, c))
-    # P_mo e_o, as (P e)_m with e_m = 0: (k, n, c).
-    p_mo_e = np.take_along_axis(deviation @ precisions, at_missing, axis=2)
+    deviation = np.subtract(np.where(missing, 0.0, Xg), ~missing * params.means[:, None, :])
+    # P_mo e_o, as (P e)_m with e_m = 0: (k, n, c); zero for the virtual coordinates.
+    real = index < d
+    p_e = deviation @ f.precisions
+    p_mo_e = np.take_along_axis(p_e, np.broadcast_to(np.where(real, index, 0), (k, n, c)), axis=2)
+    p_mo_e *= real
     p_mm = precisions[:, index[:, :, None], index[:, None, :]]  # (k, n, c, c)
     p_mm_inv, log_det_p_mm = _spd_inverse(p_mm)
     # p_mm_inv: the conditional covariances of the missing coordinates.
@@ -307,10 +326,11 @@ def _precision_group(
     shift = np.empty((k, n, c))
     for a in range(c):
         shift[..., a] = -sum(p_mm_inv[..., a, b] * p_mo_e[..., b] for b in range(c))
-    np.put_along_axis(deviation, at_missing, shift, axis=2)
-    deviation = deviation[:, :, :d]
+    # The virtual coordinates' shifts are zero: only the real ones are written.
+    real_row, real_slot = np.nonzero(real)
+    deviation[:, real_row, index[real_row, real_slot]] = shift[:, real_row, real_slot]
     z = deviation @ np.broadcast_to(params.precisions_chol, (k, d, d))
-    log_prob = -0.5 * (np.sum(z * z, axis=2) + (d - n_missing) * _LOG_2PI)
+    log_prob = -0.5 * (np.einsum("knd,knd->kn", z, z) + (d - n_missing) * _LOG_2PI)
     log_prob += (f.log_det_chol + f.log_weights)[:, None] - 0.5 * log_det_p_mm
     # Where each entry of each row's P_mm^-1 lands in a flat (k, width, width) array.
     cells = (index[:, :, None] * width + index[:, None, :]).reshape(n, -1)  # (n, c*c)
@@ -461,7 +481,7 @@ def block_statistics_missing(
     if complete.size:
         w = None if sample_weight is None else sample_weight[complete]
         stats.merge(block_statistics(_rows_of(X, complete), w, params))
-    groups = _incomplete_groups(X, _Factors.of(params), n_missing)
+    groups = _incomplete_groups(X, _factors_of(params), n_missing)
     if not groups:
         return stats
     # All incomplete rows at once, in group order; only the conditional covariances are
@@ -536,7 +556,7 @@ def _weighted_log_prob_and_deviations(X: Array, params: MixtureParameters) -> tu
     if complete.size:
         weighted_log_prob[complete] = estimate_weighted_log_prob(X[complete], params)
         deviation[:, complete] = X[complete][None, :, :] - params.means[:, None, :]
-    for group in _incomplete_groups(X, _Factors.of(params), _missing_counts(X)):
+    for group in _incomplete_groups(X, _factors_of(params), _missing_counts(X)):
         weighted_log_prob[group.rows] = group.weighted_log_prob
         deviation[:, group.rows] = group.deviation
     return weighted_log_prob, deviation

@@ -352,26 +352,30 @@ def test_initialisation_tasks_complete_rows_with_the_nearest_centre():
     np.testing.assert_allclose(stats.scatter, expected.scatter)
 
 
-def test_many_patterns_are_bounded_and_announced(caplog):
+def test_cost_of_missing_values_is_bounded_and_announced(caplog):
     import logging
 
-    from spark_gmm.em import _warn_of_many_patterns
+    from spark_gmm.em import _warn_of_missing_cost
 
     rng = np.random.default_rng(3)
-    X = rng.normal(size=(400, 12))
-    # Few patterns: two columns sometimes empty. No warning.
+    d = 12
+    X = rng.normal(size=(400, d))
+    # 10% of the rows miss one value: about 2x a complete row each, 1.1x over all.
     few = X.copy()
-    few[::3, 0] = np.nan
-    few[::5, 7] = np.nan
-    assert missing.pattern_overhead(few) == pytest.approx(3 * 12 / (3 * 400))
-    # Nearly every row its own pattern: the bound is 1 + d/3 times the row work.
+    few[::10, 3] = np.nan
+    one = (1 + 1 / d) ** 2 + 1 + 1 / (2 * d * d)
+    assert missing.relative_cost(few) == pytest.approx(0.9 + 0.1 * one)
+    # Every row its own pattern, half the values missing: the bound is per row, not per
+    # pattern, so it stays that of c = 6 missing values out of 12.
     many = X.copy()
-    many[rng.uniform(size=X.shape) < 0.5] = np.nan
-    n_patterns = missing.missing_patterns(many)[0].any(axis=1).sum()
-    assert n_patterns > 350
-    assert missing.pattern_overhead(many) == pytest.approx(n_patterns * 12 / (3 * 400))
+    for row in many:
+        row[rng.choice(d, 6, replace=False)] = np.nan
+    assert missing.missing_patterns(many)[0].shape[0] > 300
+    six = (1 + 6 / d) ** 2 + 1 + 6**3 / (2 * d * d)
+    assert missing.relative_cost(many) == pytest.approx(six)
     with caplog.at_level(logging.WARNING, logger="spark_gmm"):
-        _warn_of_many_patterns(few)
+        _warn_of_missing_cost(few)
         assert not caplog.records
-        _warn_of_many_patterns(many)
-    assert "many distinct patterns of missing features" in caplog.text
+        _warn_of_missing_cost(many)
+    assert "100% of the sampled rows have missing features" in caplog.text
+    assert f"{six:.1f}x" in caplog.text
