@@ -15,13 +15,13 @@ A *task* describes one candidate model's work in a data pass:
   depend on partitioning either.
 * ``ScoreTask(params, missing)``: E-step only (log-likelihood, cluster sizes), for a
   fit's final pass.
+* ``VariationalTask(params)``: the E-step of a variational posterior (the Bayesian
+  mixture): the EM statistics plus ``sum r log r``.
 
 The two initialisation tasks see a missing value (NaN, ``handleMissing="marginalize"``)
 as the value of the centre the row is compared with: the nearest centre is the nearest
 over the observed features, and the statistics complete the row with that centre (the
 k-means-with-missing-values step); the EM iterations then marginalise properly.
-* ``VariationalTask(params)``: the E-step of a variational posterior (the Bayesian
-  mixture): the EM statistics plus ``sum r log r``.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class EMTask:
         return SufficientStatistics.flat_size(p.covariance_type, p.n_components, p.n_features)
 
     def statistics(self, X: Array, w: Array | None) -> SufficientStatistics:
-        if self.missing and np.isnan(X).any():
+        if self.missing:  # a block with nothing missing goes to block_statistics there
             return block_statistics_missing(X, w, self.params)
         return block_statistics(X, w, self.params)
 

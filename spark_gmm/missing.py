@@ -22,10 +22,12 @@ NaN) decides the rest (full and tied covariances):
 
 * a pattern shared by many rows (``SHARED_PATTERN_ROWS``) gets one factorisation of
   ``S_oo`` per component, for all its rows;
-* the other incomplete rows, often each in its own pattern when several columns are
-  sometimes empty, are grouped by their *number* of missing values ``c``, and each solves
-  a ``c`` x ``c`` system in the precision matrix, all rows and components in one batched
-  call (the Schur-complement identities are in :func:`_precision_group`).
+* each other incomplete row, often in a pattern of its own when several columns are
+  sometimes empty, solves a ``c`` x ``c`` system in the precision matrix (``c``: its
+  number of missing values), all rows and components in one batched call: rows with up to
+  ``_ELEMENTWISE_SIZE`` missing values together (padded to one size), the rare rows with
+  more in one batch per ``c`` (the Schur-complement identities are in
+  :func:`_precision_group`).
 
 Diagonal and spherical covariances need no solve at all: all incomplete rows of a block
 are one group (:func:`_diagonal_group`).
@@ -60,6 +62,7 @@ __all__ = [
     "impute",
     "missing_patterns",
     "relative_cost",
+    "score_and_impute",
     "score_and_proba_missing",
 ]
 
@@ -130,7 +133,7 @@ def relative_cost(X: Array) -> float:
 
 # A pattern shared by at least this many rows of a block gets its own factorisation of
 # S_oo per component (the cost is shared by its rows); the block's other incomplete rows
-# are solved together, a small system per row (see _precision_terms). A factorisation
+# are solved together, a small system per row (see _precision_group). A factorisation
 # costs ~o^3/3 flops, a row ~o^2: the shared form wins once a pattern has ~o/3 rows, and
 # it costs Python calls per pattern, which is what the threshold mostly guards against.
 SHARED_PATTERN_ROWS = 32
@@ -521,7 +524,7 @@ def score_and_proba_missing(X: Array, params: MixtureParameters) -> tuple[Array,
     log_prob_norm : ndarray of shape (n_samples,)
     resp : ndarray of shape (n_samples, k)
     """
-    weighted_log_prob, _ = _weighted_log_prob_and_deviations(X, params)
+    weighted_log_prob, _ = _weighted_log_prob_and_deviations(X, params, deviations=False)
     return _log_normalize(weighted_log_prob)
 
 
@@ -536,27 +539,44 @@ def impute(X: Array, params: MixtureParameters) -> Array:
     -------
     X_imputed : ndarray of shape (n_samples, d)
     """
+    return score_and_impute(X, params)[2]
+
+
+def score_and_impute(X: Array, params: MixtureParameters) -> tuple[Array, Array, Array]:
+    """:func:`score_and_proba_missing` and :func:`impute` from one E-step.
+
+    Returns
+    -------
+    log_prob_norm : ndarray of shape (n_samples,)
+    resp : ndarray of shape (n_samples, k)
+    X_imputed : ndarray of shape (n_samples, d)
+    """
     weighted_log_prob, deviation = _weighted_log_prob_and_deviations(X, params)
-    _, resp = _log_normalize(weighted_log_prob)
+    assert deviation is not None
+    log_prob_norm, resp = _log_normalize(weighted_log_prob)
     out = np.array(X, dtype=np.float64, copy=True)
     missing = np.isnan(out)
     filled = np.einsum("nk,knd->nd", resp, deviation + params.means[:, None, :])
     out[missing] = filled[missing]
-    return out
+    return log_prob_norm, resp, out
 
 
-def _weighted_log_prob_and_deviations(X: Array, params: MixtureParameters) -> tuple[Array, Array]:
-    """(n, k) weighted log-densities of the observed values, and (k, n, d) deviations
-    of the completed rows from each mean."""
+def _weighted_log_prob_and_deviations(
+    X: Array, params: MixtureParameters, deviations: bool = True
+) -> tuple[Array, Array | None]:
+    """(n, k) weighted log-densities of the observed values, and (if asked for) the
+    (k, n, d) deviations of the completed rows from each mean."""
     n, d = X.shape
     k = params.n_components
     weighted_log_prob = np.empty((n, k))
-    deviation = np.empty((k, n, d))
+    deviation = np.empty((k, n, d)) if deviations else None
     complete = np.flatnonzero(~np.isnan(X).any(axis=1))
     if complete.size:
         weighted_log_prob[complete] = estimate_weighted_log_prob(X[complete], params)
-        deviation[:, complete] = X[complete][None, :, :] - params.means[:, None, :]
+        if deviation is not None:
+            deviation[:, complete] = X[complete][None, :, :] - params.means[:, None, :]
     for group in _incomplete_groups(X, _factors_of(params), _missing_counts(X)):
         weighted_log_prob[group.rows] = group.weighted_log_prob
-        deviation[:, group.rows] = group.deviation
+        if deviation is not None:
+            deviation[:, group.rows] = group.deviation
     return weighted_log_prob, deviation

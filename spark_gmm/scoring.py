@@ -239,12 +239,13 @@ def _score_rows(
     if complete.any():
         ll, r = gaussian.score_t(np.ascontiguousarray(X[complete].T), params)
         log_prob_norm[complete], resp_t[:, complete] = ll, r
-    ll, r = missing.score_and_proba_missing(X[incomplete], params)
-    log_prob_norm[incomplete], resp_t[:, incomplete] = ll, r.T
     X_imputed = None
     if imputed:
         X_imputed = np.array(X, dtype=np.float64)
-        X_imputed[incomplete] = missing.impute(X[incomplete], params)
+        ll, r, X_imputed[incomplete] = missing.score_and_impute(X[incomplete], params)
+    else:
+        ll, r = missing.score_and_proba_missing(X[incomplete], params)
+    log_prob_norm[incomplete], resp_t[:, incomplete] = ll, r.T
     return log_prob_norm, resp_t, X_imputed
 
 

@@ -63,3 +63,15 @@ def _restore_spark_gmm_logger():
     logger.handlers[:] = state[0]
     logger.setLevel(state[1])  # clears the loggers' level caches too
     logger.propagate = state[2]
+
+
+@pytest.fixture(params=[True, False], ids=["arrow_udf", "pandas_udf"])
+def udf_path(request, monkeypatch):
+    """Each scoring UDF path in turn: the Arrow UDF (Spark >= 4.1), then the pandas UDF
+    that Spark 3.5 and 4.0 use (``transform`` picks by ``scoring.has_arrow_udf``)."""
+    from spark_gmm import scoring
+
+    if request.param and not scoring.has_arrow_udf():
+        pytest.skip("this PySpark has no arrow_udf")
+    monkeypatch.setattr(scoring, "has_arrow_udf", lambda: request.param)
+    return request.param

@@ -20,7 +20,6 @@ from spark_gmm import (
     GaussianMixtureModel,
     GaussianMixtureSelector,
     missing,
-    scoring,
 )
 from spark_gmm.cli import FitConfig, ScoreConfig, _parser, load_config
 from spark_gmm.em import InMemoryData, fit_em
@@ -169,14 +168,6 @@ def test_distributed_fit_equals_the_in_memory_engine(spark):
     assert np.all(np.diff(history) >= -1e-12), history
 
 
-@pytest.fixture(params=[True, False], ids=["arrow_udf", "pandas_udf"])
-def path(request, monkeypatch):
-    if request.param and not scoring.has_arrow_udf():
-        pytest.skip("this PySpark has no arrow_udf")
-    monkeypatch.setattr(scoring, "has_arrow_udf", lambda: request.param)
-    return request.param
-
-
 MODEL = GaussianMixtureModel.fromParameters(
     [0.3, 0.7],
     [[0.0, 1.0, -1.0], [3.0, -2.0, 2.0]],
@@ -186,7 +177,7 @@ MODEL = GaussianMixtureModel.fromParameters(
 
 
 @pytest.mark.parametrize("source", ["columns", "vector"])
-def test_transform_scores_observed_values_and_imputes(spark, path, source):
+def test_transform_scores_observed_values_and_imputes(spark, udf_path, source):
     X = _holes(n=400, seed=7)
     X[5] = np.nan  # nothing observed: invalid
     X[9, 1] = np.inf  # infinite: invalid

@@ -23,16 +23,8 @@ def _rows(n=2500, seed=0):
     return X, None
 
 
-@pytest.fixture(params=[True, False], ids=["arrow_udf", "pandas_udf"])
-def path(request, monkeypatch):
-    if request.param and not scoring.has_arrow_udf():
-        pytest.skip("this PySpark has no arrow_udf")
-    monkeypatch.setattr(scoring, "has_arrow_udf", lambda: request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("source", ["columns", "vector"])
-def test_outputs_equal_the_numpy_model_with_invalid_rows_kept(spark, path, source):
+def test_outputs_equal_the_numpy_model_with_invalid_rows_kept(spark, udf_path, source):
     X, _ = _rows()
     bad = {7: "nan", 11: "null", 1500: "inf"}
     records = []
@@ -125,7 +117,7 @@ def test_dense_vectors_wrap_the_flat_buffer_as_vector_udt_values():
 
 
 @pytest.mark.parametrize("source", ["columns", "vector"])
-def test_transform_of_a_parquet_table_with_a_vector_column(spark, path, source, tmp_path):
+def test_transform_of_a_parquet_table_with_a_vector_column(spark, udf_path, source, tmp_path):
     """The usual scheduled flow: a Parquet table (here holding an ml Vector column, as
     VectorAssembler's output saved) read and scored. On Spark 4.3 the scan feeds Arrow
     UDFs columnar batches by default, and that path refuses any VectorUDT in the rows."""
