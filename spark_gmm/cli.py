@@ -58,6 +58,7 @@ class InputConfig:
     features: list[str] = field(default_factory=list)
     features_col: str = ""
     master: str = ""
+    remote: str = ""
     app_name: str = "spark_gmm"
     dry_run: bool = False
 
@@ -297,6 +298,11 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features-col", dest="features_col", help="a vector or array column")
     p.add_argument("--master", help="Spark master when not run by spark-submit")
     p.add_argument(
+        "--remote",
+        help="Spark Connect server, sc://host:port (default: $SPARK_REMOTE); the job then "
+        "runs as a Connect client, without a local JVM",
+    )
+    p.add_argument(
         "--dry-run",
         dest="dry_run",
         action="store_const",
@@ -497,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.pop("command")
     config_path = args.pop("config")
     _log_to_stderr()
+    if args.get("remote") and not args.get("master"):
+        args["master"] = ""  # --remote wins over a master set in the config file
     try:
         config_cls = {"fit": FitConfig, "select": SelectConfig, "score": ScoreConfig}[command]
         config = load_config(config_cls, config_path, args)
@@ -506,9 +514,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from spark_gmm import jobs
     from spark_gmm.errors import GaussianMixtureError, short_error
-    from spark_gmm.session import build_session
+    from spark_gmm.session import build_session, connect_url
 
-    spark = build_session(f"{config.app_name} {command}", master=config.master or None)
+    try:
+        connect_url(config.remote or None, config.master or None)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    spark = build_session(
+        f"{config.app_name} {command}",
+        master=config.master or None,
+        remote=config.remote or None,
+    )
     try:
         if command == "fit":
             jobs.run_fit(spark, config)

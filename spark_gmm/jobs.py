@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from spark_gmm.engine import is_connect
 from spark_gmm.errors import GaussianMixtureError
 
 __all__ = ["JobError", "is_user_error", "run_fit", "run_score", "run_select"]
@@ -59,9 +58,9 @@ def read_input(spark: Any, config: Any) -> Any:
         f"input path {config.input} does not exist. Check 'input' (--input) and 'format'."
     )
     # Checked before the read: Spark's reader logs a Java stack trace for a missing path
-    # before it fails. Glob patterns, Connect sessions (no JVM here) and paths the check
-    # cannot look at (e.g. a scheme without its connector) are left to the reader.
-    if not config.table and not any(c in config.input for c in "*?[{") and not is_connect(spark):
+    # before it fails. Glob patterns and paths the check cannot look at (e.g. a scheme
+    # without its connector) are left to the reader.
+    if not config.table and not any(c in config.input for c in "*?[{"):
         try:
             found = _exists(spark, config.input)
         except Exception:

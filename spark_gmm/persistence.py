@@ -15,12 +15,15 @@ readers and writers, so any Hadoop-compatible path works (local, HDFS, object st
 
 A save writes into a sibling temporary directory and renames it into place at the end
 (atomic on local and HDFS file systems), so an interrupted save leaves no directory that
-:func:`load_model` accepts; where the rename is unavailable (Spark Connect) the metadata
-is written last, and a directory without it is refused.
+:func:`load_model` accepts. Spark Connect has no file-system API, so there the save
+writes in place with the metadata last (a directory without it is refused), and a save
+that fails deletes what it wrote; existence is asked of the server's file reader and
+deletion goes through the server's ML helper (Spark >= 4.0).
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +42,8 @@ __all__ = [
     "load_any_model",
     "path_exists",
 ]
+
+log = logging.getLogger("spark_gmm")
 
 FORMAT_VERSION = 1
 _ARRAY_NAMES = ("weights", "means", "covariances")
@@ -77,21 +82,64 @@ def _jvm_path(spark: Any, path: str) -> Any:
     return spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
 
 
+def _connect_exists(spark: Any, path: str) -> bool:
+    """Whether ``path`` exists, asked of the Connect server's file reader.
+
+    Resolving a file source checks that its path exists (``PATH_NOT_FOUND`` otherwise);
+    the text source has a fixed schema, so nothing under the path is read.
+    """
+    try:
+        spark.read.format("text").load(path).schema  # noqa: B018 - resolving is the check
+    except Exception as exc:
+        if "PATH_NOT_FOUND" in str(exc):
+            return False
+        raise
+    return True
+
+
+def _connect_delete(path: str) -> None:
+    """Delete ``path`` on the Connect server (its ML helper's overwrite handling)."""
+    from pyspark.ml.connect.readwrite import RemoteMLWriter
+
+    try:
+        RemoteMLWriter.handleOverwrite(path, True)
+    except Exception as exc:
+        raise ModelFormatError(
+            f"cannot delete {path} over Spark Connect ({short_error(exc)}): the server needs "
+            "Spark ML's Connect support (Spark >= 4.0). Delete it yourself, or write elsewhere."
+        ) from None
+
+
 def _exists(spark: Any, path: str) -> bool:
     fs = _hadoop_fs(spark, path)
-    return bool(fs and fs[0].exists(fs[1]))
+    if fs is None:
+        return _connect_exists(spark, path)
+    return bool(fs[0].exists(fs[1]))
 
 
 def path_exists(spark: Any, path: str) -> bool:
-    """Whether ``path`` exists (any Hadoop file system); False without a JVM (Connect)."""
+    """Whether ``path`` exists (any Hadoop file system; over Connect, on the server's)."""
     return _exists(spark, path.rstrip("/"))
 
 
 def delete_path(spark: Any, path: str) -> None:
-    """Delete ``path`` recursively (any Hadoop file system); nothing without a JVM."""
-    fs = _hadoop_fs(spark, path.rstrip("/"))
-    if fs is not None and fs[0].exists(fs[1]):
+    """Delete ``path`` recursively if it exists (any Hadoop file system, or over Connect)."""
+    path = path.rstrip("/")
+    fs = _hadoop_fs(spark, path)
+    if fs is None:
+        if _connect_exists(spark, path):
+            _connect_delete(path)
+    elif fs[0].exists(fs[1]):
         fs[0].delete(fs[1], True)
+
+
+def _delete_after_failure(spark: Any, path: str) -> None:
+    """Best effort after a failed Connect save; the save's own error is what the caller
+    sees."""
+    try:
+        delete_path(spark, path)
+    except Exception as exc:
+        log.warning("could not delete the partial save at %s: %s", path, short_error(exc))
 
 
 def atomic_save(
@@ -101,7 +149,9 @@ def atomic_save(
 
     Readers see the directory complete or not at all (rename is atomic on local and HDFS
     file systems; on object stores it is a copy, still done only after the write
-    succeeded). Without a JVM (Spark Connect) ``write`` goes straight to ``path``.
+    succeeded). Over Spark Connect, which has no rename, an existing ``path`` is deleted
+    first (with ``overwrite``), ``write`` goes straight to ``path``, and if it fails what
+    it wrote is deleted: a failed save leaves no directory, never a partial one.
     """
     path = path.rstrip("/")
     if _exists(spark, path) and not overwrite:
@@ -109,8 +159,13 @@ def atomic_save(
             f"{path} already exists; use write().overwrite().save(path) to replace it."
         )
     fs = _hadoop_fs(spark, path)
-    if fs is None:  # no rename available: the metadata is written last instead
-        write(path)
+    if fs is None:
+        delete_path(spark, path)
+        try:
+            write(path)
+        except BaseException:
+            _delete_after_failure(spark, path)
+            raise
         return
     filesystem, final = fs
     tmp = f"{path}._tmp-{uuid.uuid4().hex}"
@@ -134,10 +189,7 @@ class _AtomicWriter(MLWriter):
         self.instance = instance
 
     def save(self, path: str) -> None:
-        spark = self.sparkSession
-        if _hadoop_fs(spark, path) is None and self.shouldOverwrite:
-            self._handleOverwrite(path)
-        atomic_save(spark, path, self.saveImpl, overwrite=self.shouldOverwrite)
+        atomic_save(self.sparkSession, path, self.saveImpl, overwrite=self.shouldOverwrite)
 
 
 def _write_arrays(spark: Any, path: str, arrays: dict[str, np.ndarray]) -> None:

@@ -45,11 +45,27 @@ def redact_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _spark_section(spark: Any) -> dict[str, Any]:
-    """The Spark application, master, version and (redacted) settings of a report."""
+    """The Spark application, master, version and (redacted) settings of a report.
+
+    Over Spark Connect (no SparkContext) the same facts come from the session's conf:
+    the server's application id and master, and the settings the session can see.
+    """
+    from spark_gmm.engine import is_connect
+
+    if is_connect(spark):
+        conf = dict(getattr(spark.conf, "getAll", None) or {})  # pyspark 3.5 has no getAll
+        return {
+            "app_id": conf.get("spark.app.id") or spark.conf.get("spark.app.id", None),
+            "master": conf.get("spark.master") or spark.conf.get("spark.master", None),
+            "version": spark.version,
+            "connect": True,
+            "conf": redact_conf(sorted(conf.items())),
+        }
     return {
         "app_id": spark.sparkContext.applicationId,
         "master": spark.sparkContext.master,
         "version": spark.version,
+        "connect": False,
         "conf": redact_conf(spark.sparkContext.getConf().getAll()),
     }
 

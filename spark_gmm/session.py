@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["build_session", "ensure_local_python_workers"]
+__all__ = ["build_session", "connect_url", "ensure_local_python_workers"]
 
 
 def _is_local(master: str | None) -> bool:
@@ -36,10 +36,27 @@ def ensure_local_python_workers(spark: Any) -> None:
     sc.pythonExec = sys.executable
 
 
+def connect_url(remote: str | None, master: str | None) -> str | None:
+    """The Spark Connect server to use: ``remote``, else ``$SPARK_REMOTE`` unless a master
+    was given; None for a classic session."""
+    if remote and master:
+        raise ValueError(f"give a master ({master}) or a Connect server ({remote}), not both.")
+    if remote:
+        return remote
+    env = os.environ.get("SPARK_REMOTE")
+    if env and master:
+        raise ValueError(
+            f"SPARK_REMOTE={env} is set and a master ({master}) is configured: unset "
+            "SPARK_REMOTE, or remove the master (or pass --remote to use the server)."
+        )
+    return env or None
+
+
 def build_session(
     app_name: str = "spark_gmm",
     master: str | None = None,
     conf: dict[str, str] | None = None,
+    remote: str | None = None,
 ) -> Any:
     """Get or create a SparkSession set up for spark_gmm.
 
@@ -51,9 +68,19 @@ def build_session(
         outside spark-submit).
     conf : dict, optional
         Extra Spark settings.
+    remote : str, optional
+        A Spark Connect server, ``sc://host:port``; by default ``$SPARK_REMOTE`` when no
+        master is given. The session then has no JVM in this process.
     """
     from pyspark.sql import SparkSession
 
+    url = connect_url(remote, master)
+    if url:
+        # The server's application already runs; only session settings can be set here.
+        builder = SparkSession.builder.remote(url)
+        for key, value in (conf or {}).items():
+            builder = builder.config(key, value)
+        return builder.getOrCreate()
     builder = SparkSession.builder.appName(app_name)
     # Under spark-submit the JVM already runs with the submitted --master (and the driver
     # finds it through PYSPARK_GATEWAY_PORT): never override it. A plain ``python`` run

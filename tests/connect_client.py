@@ -14,6 +14,8 @@ Usage: ``python connect_client.py '<json config>'`` with keys ``url``, ``ui_port
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 import time
@@ -163,6 +165,302 @@ def main(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _run_job(argv: list[str]) -> dict[str, Any]:
+    """``spark-gmm <argv>`` in this process: its exit code and what it wrote to stderr."""
+    from spark_gmm.cli import main as cli_main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli_main(argv)
+    return {"code": code, "stderr": err.getvalue()}
+
+
+def _model_params(model: Any) -> dict[str, Any]:
+    return {
+        "weights": list(model.weights),
+        "means": model.means.tolist(),
+        "covariances": model.covariances.tolist(),
+    }
+
+
+def _connect_only() -> dict[str, Any]:
+    """Whether this process ever had a JVM: the SparkContext's gateway and active context."""
+    from pyspark import SparkContext
+
+    return {
+        "gateway": SparkContext._gateway is not None,
+        "active_context": SparkContext._active_spark_context is not None,
+    }
+
+
+def jobs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The jobs, save/load and checkpoints over Connect (``tests/test_spark_connect.py``).
+
+    Keys: ``url``, ``dir`` (scratch, client side = server side on loopback), ``csv``,
+    ``classic_model`` and ``classic_pipeline`` (saved by a classic session beforehand).
+    """
+    import os
+    from pathlib import Path
+
+    url, root, csv = cfg["url"], Path(cfg["dir"]), cfg["csv"]
+    src = ["--input", csv, "--format", "csv", "--features", "x,y,z"]
+    out: dict[str, Any] = {}
+
+    # fit, then the same output again without --overwrite.
+    model_dir, report_dir = str(root / "model"), str(root / "report")
+    fit = ["fit", "--remote", url, *src, "--k", "4", "--seed", "1", "--output", model_dir]
+    out["fit"] = _run_job([*fit, "--report", report_dir])
+    report = root / "report"
+    out["report"] = json.loads((report / "report.json").read_text()) if report.exists() else {}
+    out["report_files"] = sorted(p.name for p in report.iterdir()) if report.exists() else []
+    out["fit_again"] = _run_job(fit)
+
+    # score twice into the same output (mode overwrite: a rerun is idempotent), then once
+    # with mode error.
+    scored = str(root / "scored")
+    score = [
+        "score",
+        "--remote",
+        url,
+        *src,
+        "--model",
+        model_dir,
+        "--id-cols",
+        "id",
+        "--output",
+        scored,
+        "--anomaly-quantile",
+        "0.01",
+    ]
+    runs = []
+    for _ in range(2):
+        run = _run_job([*score, "--mode", "overwrite"])
+        pdf = pd.read_parquet(scored).sort_values("id")
+        run["rows"] = len(pdf)
+        run["columns"] = sorted(pdf.columns)
+        run["prediction"] = pdf["prediction"].astype(int).tolist()
+        run["log_likelihood"] = pdf["log_likelihood"].tolist()
+        run["anomalies"] = int(pdf["is_anomaly"].sum())
+        runs.append(run)
+    out["score"] = runs
+    out["score_exists"] = _run_job([*score, "--mode", "error"])
+
+    # select through $SPARK_REMOTE instead of --remote.
+    os.environ["SPARK_REMOTE"] = url
+    try:
+        out["select"] = _run_job(
+            [
+                "select",
+                *src,
+                "--k",
+                "2..5",
+                "--covariance-types",
+                "full,diag",
+                "--seed",
+                "1",
+                "--output",
+                str(root / "selected"),
+                "--report",
+                str(root / "select-report"),
+            ]
+        )
+        selected = root / "select-report"
+        out["select_files"] = (
+            sorted(p.name for p in selected.iterdir()) if selected.exists() else []
+        )
+        out["both_remote_and_master"] = _run_job(
+            ["fit", *src, "--k", "2", "--master", "local[1]", "--output", str(root / "m2")]
+        )
+    finally:
+        del os.environ["SPARK_REMOTE"]
+
+    # Bad input: exit code 2 and one line, as in classic mode.
+    (root / "text.csv").write_text("id,x,y,z\n1,a,2.0,3.0\n2,b,1.0,1.0\n")
+    (root / "nan.csv").write_text("id,x,y,z\n1,NaN,2.0,3.0\n2,1.0,1.0,1.0\n3,2.0,1.0,0.0\n")
+    bad = {
+        "missing_input": [
+            "fit",
+            "--remote",
+            url,
+            "--input",
+            str(root / "nope.csv"),
+            "--format",
+            "csv",
+            "--features",
+            "x,y,z",
+            "--k",
+            "2",
+        ],
+        "missing_column": [
+            "fit",
+            "--remote",
+            url,
+            "--input",
+            csv,
+            "--format",
+            "csv",
+            "--features",
+            "x,y,nope",
+            "--k",
+            "2",
+        ],
+        "text_feature": [
+            "fit",
+            "--remote",
+            url,
+            "--input",
+            str(root / "text.csv"),
+            "--format",
+            "csv",
+            "--features",
+            "x,y,z",
+            "--k",
+            "2",
+        ],
+        "nan_feature": [
+            "fit",
+            "--remote",
+            url,
+            "--input",
+            str(root / "nan.csv"),
+            "--format",
+            "csv",
+            "--features",
+            "x,y,z",
+            "--k",
+            "2",
+        ],
+        "missing_model": [
+            "score",
+            "--remote",
+            url,
+            *src,
+            "--model",
+            str(root / "no-model"),
+            "--output",
+            str(root / "scored-none"),
+        ],
+    }
+    out["bad"] = {name: _run_job(argv) for name, argv in bad.items()}
+    out["bad_outputs_left"] = sorted(
+        p.name for p in root.iterdir() if p.name.startswith(("scored-none", "m2"))
+    )
+
+    # Checkpoints (client side): 3 iterations, resumed to 6, against 6 in one go.
+    ckpt = root / "ckpt"
+    base = [
+        "fit",
+        "--remote",
+        url,
+        *src,
+        "--k",
+        "4",
+        "--seed",
+        "1",
+        "--tol",
+        "0",
+        "--checkpoint-interval",
+        "1",
+    ]
+    out["ckpt_first"] = _run_job(
+        [*base, "--max-iter", "3", "--checkpoint-dir", str(ckpt), "--output", str(root / "ckpt3")]
+    )
+    state = ckpt / "em_state.json"
+    out["ckpt_iteration"] = json.loads(state.read_text())["iteration"] if state.exists() else None
+    out["ckpt_resumed"] = _run_job(
+        [
+            *base,
+            "--max-iter",
+            "6",
+            "--checkpoint-dir",
+            str(ckpt),
+            "--resume",
+            "--output",
+            str(root / "resumed"),
+        ]
+    )
+    out["ckpt_whole"] = _run_job(
+        [
+            *base,
+            "--max-iter",
+            "6",
+            "--checkpoint-dir",
+            str(root / "ckpt-whole"),
+            "--output",
+            str(root / "whole"),
+        ]
+    )
+
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.feature import VectorAssembler
+    from pyspark.sql import SparkSession
+
+    from spark_gmm import GaussianMixture, GaussianMixtureModel
+    from spark_gmm.persistence import ModelFormatError, path_exists
+
+    spark = SparkSession.builder.remote(url).getOrCreate()
+    try:
+        for name in ("model", "resumed", "whole"):
+            out[f"{name}_params"] = _model_params(GaussianMixtureModel.load(str(root / name)))
+        # Saved by a classic session, loaded here.
+        out["classic_model_params"] = _model_params(GaussianMixtureModel.load(cfg["classic_model"]))
+        classic_pipeline = PipelineModel.load(cfg["classic_pipeline"])
+        out["classic_pipeline_params"] = _model_params(classic_pipeline.stages[-1])
+
+        df = spark.read.csv(csv, header=True, inferSchema=True)
+        pipeline = Pipeline(
+            stages=[
+                VectorAssembler(inputCols=["x", "y", "z"], outputCol="f"),
+                GaussianMixture(k=4, featuresCol="f", seed=1),
+            ]
+        ).fit(df)
+        pipeline.write().save(str(root / "pipeline"))
+        reloaded = PipelineModel.load(str(root / "pipeline"))
+        out["pipeline_params"] = _model_params(pipeline.stages[-1])
+        out["pipeline_reloaded_params"] = _model_params(reloaded.stages[-1])
+        got = reloaded.transform(df).select("id", "prediction").toPandas().sort_values("id")
+        out["pipeline_prediction"] = got["prediction"].astype(int).tolist()
+
+        # A save that fails part-way leaves nothing that loads.
+        model = pipeline.stages[-1]
+        try:
+            model.save(str(root / "model"))
+            out["save_over_existing"] = None
+        except ModelFormatError as e:
+            out["save_over_existing"] = str(e)
+        model.write().overwrite().save(str(root / "model"))
+        out["overwritten_params"] = _model_params(GaussianMixtureModel.load(str(root / "model")))
+
+        from pyspark.ml.util import DefaultParamsWriter
+
+        def fail(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("injected failure before the metadata")
+
+        saved = DefaultParamsWriter.saveMetadata
+        DefaultParamsWriter.saveMetadata = staticmethod(fail)  # type: ignore[method-assign]
+        try:
+            model.save(str(root / "failed"))
+            out["failed_save"] = None
+        except RuntimeError as e:
+            out["failed_save"] = str(e)
+        finally:
+            DefaultParamsWriter.saveMetadata = saved  # type: ignore[method-assign]
+        out["failed_save_exists"] = path_exists(spark, str(root / "failed"))
+        try:
+            GaussianMixtureModel.load(str(root / "failed"))
+            out["failed_save_load"] = None
+        except ModelFormatError as e:
+            out["failed_save_load"] = str(e)
+    finally:
+        spark.stop()
+    out["jvm"] = _connect_only()
+    return out
+
+
 if __name__ == "__main__":
-    result = main(json.loads(sys.argv[1]))
+    if sys.argv[1] == "jobs":
+        result = jobs(json.loads(sys.argv[2]))
+    else:
+        result = main(json.loads(sys.argv[1]))
+        result["jvm"] = _connect_only()
     print("RESULT " + json.dumps(result), flush=True)

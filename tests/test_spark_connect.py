@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +41,8 @@ CFG = {"n": 1500, "d": 3, "k": 3, "data_seed": 11, "seed": 7, "partitions": 3}
 COLS = [f"x{j}" for j in range(CFG["d"])]
 STARTUP_TIMEOUT = 180.0
 CLIENT_TIMEOUT = 900.0
+NO_JAVA = "/nonexistent/no-jvm-in-the-connect-client"
+SAMPLE_CSV = Path(__file__).resolve().parents[1] / "data" / "sample_clusters.csv"
 
 
 @dataclass
@@ -192,14 +195,19 @@ def connect_server(tmp_path_factory):
         _stop(proc)
 
 
-@pytest.fixture(scope="module")
-def remote(connect_server):
-    """Everything the Connect client computed (one client process for all the tests)."""
-    cfg = dict(CFG, url=connect_server.url, ui_port=connect_server.ui_port)
+def _run_client(server: ConnectServer, *args: str) -> dict:
+    """Run tests/connect_client.py with ``args``; what it printed after ``RESULT``.
+
+    The client runs as a serverless user's process would: no ``SPARK_REMOTE`` or
+    ``PYSPARK_PYTHON`` from this environment, and ``JAVA_HOME`` pointing nowhere, so
+    anything that tried to start a JVM in the client (a SparkContext, a py4j gateway)
+    would fail instead of quietly working.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "PYSPARK_PYTHON")}
+    env["JAVA_HOME"] = NO_JAVA
     try:
         done = subprocess.run(
-            [sys.executable, str(CLIENT), json.dumps(cfg)],
+            [sys.executable, str(CLIENT), *args],
             capture_output=True,
             text=True,
             timeout=CLIENT_TIMEOUT,
@@ -208,15 +216,22 @@ def remote(connect_server):
     except subprocess.TimeoutExpired:
         pytest.fail(
             f"The Spark Connect client did not finish within {CLIENT_TIMEOUT:.0f} s. "
-            f"Server log tail:\n{connect_server.log_tail()}"
+            f"Server log tail:\n{server.log_tail()}"
         )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         pytest.fail(
             f"The Spark Connect client failed (exit code {done.returncode}).\n"
-            f"stderr tail:\n{done.stderr[-4000:]}\nserver log tail:\n{connect_server.log_tail()}"
+            f"stderr tail:\n{done.stderr[-4000:]}\nserver log tail:\n{server.log_tail()}"
         )
     return json.loads(lines[-1][len("RESULT ") :])
+
+
+@pytest.fixture(scope="module")
+def remote(connect_server):
+    """Everything the Connect client computed (one client process for all the tests)."""
+    cfg = dict(CFG, url=connect_server.url, ui_port=connect_server.ui_port)
+    return _run_client(connect_server, json.dumps(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -316,3 +331,178 @@ def test_jobs_are_tagged_over_connect(remote):
     tags = remote["job_tags"]
     assert any("spark_gmm: EM iteration 1/" in t for t in tags), tags[:10]
     assert any("spark_gmm: validate and cache the input" in t for t in tags), tags[:10]
+
+
+# --- Jobs, save/load and checkpoints over Connect -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample(spark):
+    """The shipped sample, its classic fit (the jobs' settings) and a classic pipeline."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import VectorAssembler
+
+    df = spark.read.csv(str(SAMPLE_CSV), header=True, inferSchema=True)
+    model = GaussianMixture(k=4, inputCols=["x", "y", "z"], seed=1).fit(df)
+    pipeline = Pipeline(
+        stages=[
+            VectorAssembler(inputCols=["x", "y", "z"], outputCol="f"),
+            GaussianMixture(k=3, featuresCol="f", seed=2),
+        ]
+    ).fit(df)
+    pdf = pd.read_csv(SAMPLE_CSV).sort_values("id")
+    return pdf, model, pipeline
+
+
+@pytest.fixture(scope="module")
+def remote_jobs(connect_server, sample, tmp_path_factory):
+    """spark-gmm fit/score/select, save/load and checkpoints run by a Connect client."""
+    _, model, pipeline = sample
+    root = tmp_path_factory.mktemp("connect_jobs")
+    model.write().save(str(root / "classic-model"))
+    pipeline.write().save(str(root / "classic-pipeline"))
+    cfg = {
+        "url": connect_server.url,
+        "dir": str(root / "client"),
+        "csv": str(SAMPLE_CSV),
+        "classic_model": str(root / "classic-model"),
+        "classic_pipeline": str(root / "classic-pipeline"),
+    }
+    (root / "client").mkdir()
+    result = _run_client(connect_server, "jobs", json.dumps(cfg))
+    result["root"] = root / "client"
+    return result
+
+
+def _params_of(model) -> dict:
+    return {"weights": model.weights, "means": model.means, "covariances": model.covariances}
+
+
+def _assert_same_params(got: dict, want: dict, tol: float = 0.0) -> None:
+    for name in ("weights", "means", "covariances"):
+        if tol == 0.0:
+            np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), name)
+        else:
+            assert rel_err(got[name], want[name]) < tol, name
+
+
+def _one_error_line(job: dict, *needles: str) -> str:
+    assert job["code"] == 2, job
+    assert "Traceback" not in job["stderr"], job["stderr"][-2000:]
+    errors = [line for line in job["stderr"].splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, job["stderr"][-2000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def test_connect_clients_never_had_a_jvm(remote, remote_jobs):
+    # JAVA_HOME pointed nowhere, and no SparkContext or py4j gateway was ever created.
+    for result in (remote, remote_jobs):
+        assert result["jvm"] == {"gateway": False, "active_context": False}
+
+
+def test_fit_job_over_connect_equals_the_classic_fit(remote_jobs, sample):
+    _, classic_model, _ = sample
+    assert remote_jobs["fit"]["code"] == 0, remote_jobs["fit"]["stderr"][-3000:]
+    _assert_same_params(remote_jobs["model_params"], _params_of(classic_model), tol=1e-9)
+    spark_section = remote_jobs["report"]["spark"]
+    assert spark_section["connect"] is True
+    assert spark_section["master"] == "local[2]"
+    assert spark_section["app_id"].startswith("local-")
+    assert {"report.json", "convergence.png"} <= set(remote_jobs["report_files"])
+    _one_error_line(remote_jobs["fit_again"], "already exists", "--overwrite")
+
+
+def test_score_job_over_connect_is_idempotent_and_equals_numpy(remote_jobs, sample):
+    pdf, classic_model, _ = sample
+    first, second = remote_jobs["score"]
+    for run in (first, second):
+        assert run["code"] == 0, run["stderr"][-3000:]
+        assert run["rows"] == len(pdf)
+        assert {"id", "prediction", "probability", "log_likelihood", "is_anomaly"} <= set(
+            run["columns"]
+        )
+    assert second["prediction"] == first["prediction"]
+    assert second["log_likelihood"] == first["log_likelihood"]
+    X = pdf[["x", "y", "z"]].to_numpy()
+    want = classic_model.score_samples(X)
+    assert np.max(np.abs(np.asarray(first["log_likelihood"]) - want)) < 1e-7
+    assert first["prediction"] == classic_model.predict_proba(X).argmax(axis=1).tolist()
+    # The 1% quantile of the training rows' log-likelihood, applied to those same rows.
+    assert 0.005 * len(pdf) <= first["anomalies"] <= 0.02 * len(pdf)
+    _one_error_line(remote_jobs["score_exists"], "already exists", "--mode")
+
+
+def test_select_job_over_spark_remote_env(remote_jobs):
+    assert remote_jobs["select"]["code"] == 0, remote_jobs["select"]["stderr"][-3000:]
+    assert {"report.json", "selection.csv"} <= set(remote_jobs["select_files"])
+    _one_error_line(remote_jobs["both_remote_and_master"], "SPARK_REMOTE", "local[1]")
+
+
+@pytest.mark.parametrize(
+    ("case", "needles"),
+    [
+        ("missing_input", ("does not exist", "nope.csv")),
+        ("missing_column", ("'nope'", "available columns")),
+        ("text_feature", ("'x'",)),
+        ("nan_feature", ("invalid features", "'x'")),
+        ("missing_model", ("no-model",)),
+    ],
+)
+def test_bad_input_over_connect_is_one_line_and_exit_2(remote_jobs, case, needles):
+    _one_error_line(remote_jobs["bad"][case], *needles)
+
+
+def test_failed_jobs_over_connect_leave_no_output(remote_jobs):
+    assert remote_jobs["bad_outputs_left"] == []
+
+
+def test_checkpoint_and_resume_over_connect(remote_jobs):
+    assert remote_jobs["ckpt_first"]["code"] == 0, remote_jobs["ckpt_first"]["stderr"][-3000:]
+    assert remote_jobs["ckpt_iteration"] == 3
+    resumed = remote_jobs["ckpt_resumed"]
+    assert resumed["code"] == 0, resumed["stderr"][-3000:]
+    ran = [int(m) for m in re.findall(r"EM iteration (\d+)/6", resumed["stderr"])]
+    assert ran == [4, 5, 6], ran
+    assert "initialised " not in resumed["stderr"]
+    assert remote_jobs["ckpt_whole"]["code"] == 0
+    # Resumed from the checkpoint = six iterations in one run, bit for bit.
+    _assert_same_params(remote_jobs["resumed_params"], remote_jobs["whole_params"])
+
+
+def test_models_cross_between_classic_and_connect(remote_jobs, sample):
+    _, classic_model, classic_pipeline = sample
+    # classic save -> Connect load
+    _assert_same_params(remote_jobs["classic_model_params"], _params_of(classic_model))
+    _assert_same_params(
+        remote_jobs["classic_pipeline_params"], _params_of(classic_pipeline.stages[-1])
+    )
+    # Connect save -> classic load (the overwritten model and the pipeline)
+    root = remote_jobs["root"]
+    _assert_same_params(
+        _params_of(GaussianMixtureModel.load(str(root / "model"))),
+        remote_jobs["overwritten_params"],
+    )
+    from pyspark.ml import PipelineModel
+
+    loaded = PipelineModel.load(str(root / "pipeline"))
+    _assert_same_params(_params_of(loaded.stages[-1]), remote_jobs["pipeline_params"])
+    # Connect save -> Connect load
+    _assert_same_params(remote_jobs["pipeline_reloaded_params"], remote_jobs["pipeline_params"])
+
+
+def test_pipeline_over_connect_scores_like_numpy(remote_jobs, sample):
+    pdf, _, _ = sample
+    p = remote_jobs["pipeline_params"]
+    model = GaussianMixtureModel.fromParameters(p["weights"], p["means"], p["covariances"], "full")
+    want = model.predict_proba(pdf[["x", "y", "z"]].to_numpy()).argmax(axis=1)
+    assert remote_jobs["pipeline_prediction"] == want.tolist()
+
+
+def test_saves_over_connect_refuse_to_clobber_and_fail_cleanly(remote_jobs):
+    assert "already exists" in remote_jobs["save_over_existing"]
+    assert remote_jobs["overwritten_params"] == remote_jobs["pipeline_params"]
+    assert "injected failure" in remote_jobs["failed_save"]
+    assert remote_jobs["failed_save_exists"] is False
+    assert "not a complete spark_gmm save" in remote_jobs["failed_save_load"]
