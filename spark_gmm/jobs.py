@@ -6,10 +6,12 @@ Transforms take and return DataFrames; the only side effects are the writes at t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -581,6 +583,36 @@ def _delete(spark: Any, path: str) -> None:
     delete_path(spark, path)
 
 
+@contextlib.contextmanager
+def _session_conf(spark: Any, key: str, value: str) -> Iterator[None]:
+    """``key`` set to ``value`` in the session for the block, restored after it."""
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
+
+
+def _in_table_order(spark: Any, out: Any, table: str) -> Any:
+    """``out``'s columns in ``table``'s order: ``insertInto`` matches by position, and a
+    partitioned table keeps its partition columns last."""
+    from pyspark.sql import functions as F
+
+    existing = spark.table(table).columns
+    ours = {c.lower(): c for c in out.columns}
+    if sorted(ours) != sorted(c.lower() for c in existing):
+        raise JobError(
+            f"output table {table} has the columns {', '.join(existing)}; this run writes "
+            f"{', '.join(out.columns)}. Use the settings that created it (id_cols, "
+            "anomaly_quantile, imputed_col), or another output table."
+        )
+    return out.select(*[F.col(f"`{ours[c.lower()]}`") for c in existing])
+
+
 def _write_scores(spark: Any, out: Any, config: Any) -> str:
     """Write the scored rows; a plain path output appears complete or not at all."""
     from spark_gmm.persistence import atomic_save
@@ -607,9 +639,11 @@ def _write_scores(spark: Any, out: Any, config: Any) -> str:
             and config.partition_by
             and spark.catalog.tableExists(config.output_table)
         ):
-            out.write.option("partitionOverwriteMode", "dynamic").insertInto(
-                config.output_table, overwrite=True
-            )
+            # insertInto ignores the writer's partitionOverwriteMode option: only the
+            # session setting makes it replace just the partitions written.
+            rows = _in_table_order(spark, out, config.output_table)
+            with _session_conf(spark, "spark.sql.sources.partitionOverwriteMode", "dynamic"):
+                rows.write.insertInto(config.output_table, overwrite=True)
         else:
             writer.format(config.output_format).saveAsTable(config.output_table)
         return str(config.output_table)

@@ -245,6 +245,25 @@ def jobs(cfg: dict[str, Any]) -> dict[str, Any]:
     out["score"] = runs
     out["score_exists"] = _run_job([*score, "--mode", "error"])
 
+    # A partitioned catalog table (in the server's warehouse), then a rerun that
+    # overwrites one partition only.
+    to_table = [
+        "score",
+        "--remote",
+        url,
+        *src,
+        "--model",
+        model_dir,
+        "--id-cols",
+        "id",
+        "--output-table",
+        "connect_scored",
+        "--partition-by",
+        "true_label",
+    ]
+    out["table_first"] = _run_job(to_table)
+    out["table_rerun"] = _run_job([*to_table, "--mode", "overwrite", "--where", "true_label = 0"])
+
     # select through $SPARK_REMOTE instead of --remote.
     os.environ["SPARK_REMOTE"] = url
     try:
@@ -400,6 +419,11 @@ def jobs(cfg: dict[str, Any]) -> dict[str, Any]:
 
     spark = SparkSession.builder.remote(url).getOrCreate()
     try:
+        table = spark.table("connect_scored").toPandas().sort_values("id")
+        out["table_rows"] = len(table)
+        out["table_last_column"] = list(table.columns)[-1]
+        out["table_prediction"] = table["prediction"].astype(int).tolist()
+        spark.sql("DROP TABLE connect_scored")
         for name in ("model", "resumed", "whole"):
             out[f"{name}_params"] = _model_params(GaussianMixtureModel.load(str(root / name)))
         # Saved by a classic session, loaded here.

@@ -306,3 +306,34 @@ def test_report_without_matplotlib_still_writes_json(spark, table, tmp_path, mon
     assert json.loads((report / "report.json").read_text())["num_iter"] >= 1
     assert not list(report.glob("*.png"))
     assert any("matplotlib is not installed" in r.getMessage() for r in caplog.records)
+
+
+def test_partitioned_table_overwrite_replaces_only_its_partitions(spark, table, tmp_path):
+    """--output-table with --partition-by and mode overwrite: Spark's insertInto matches
+    columns by position and the table keeps its partition column last."""
+    X, paths = table
+    model_dir = str(tmp_path / "model")
+    run_fit(spark, _fit_config(paths["parquet"], "parquet", output=model_dir))
+    score = ScoreConfig(
+        input=paths["parquet"], model=model_dir, id_cols=["id"], partition_by=["grp"]
+    )
+    run_score(spark, replace(score, output=str(tmp_path / "scored")))
+    first = spark.read.parquet(str(tmp_path / "scored"))  # grp comes last when read back
+    name = "spark_gmm_partitioned_overwrite"
+    first.write.partitionBy("grp").option("path", str(tmp_path / "tbl")).saveAsTable(name)
+    try:
+        assert spark.table(name).columns[-1] == "grp"
+        run_score(spark, replace(score, output_table=name, mode="overwrite", where="grp = 'even'"))
+        got = spark.table(name).toPandas().sort_values("id")
+        want = first.toPandas().sort_values("id")
+        assert len(got) == len(X)  # the odd partition survived
+        np.testing.assert_array_equal(got["prediction"], want["prediction"])
+        np.testing.assert_allclose(got["log_likelihood"], want["log_likelihood"], rtol=1e-12)
+        assert (got["grp"].to_numpy() == want["grp"].to_numpy()).all()
+        with pytest.raises(JobError, match="has the columns"):
+            run_score(
+                spark,
+                replace(score, output_table=name, mode="overwrite", anomaly_quantile=0.1),
+            )
+    finally:
+        spark.sql(f"DROP TABLE IF EXISTS {name}")

@@ -434,6 +434,15 @@ def test_score_job_over_connect_is_idempotent_and_equals_numpy(remote_jobs, samp
     _one_error_line(remote_jobs["score_exists"], "already exists", "--mode")
 
 
+def test_score_job_over_connect_into_a_partitioned_table(remote_jobs):
+    assert remote_jobs["table_first"]["code"] == 0, remote_jobs["table_first"]["stderr"][-3000:]
+    assert remote_jobs["table_rerun"]["code"] == 0, remote_jobs["table_rerun"]["stderr"][-3000:]
+    # The rerun replaced the partition true_label = 0 only; every row is still there once.
+    assert remote_jobs["table_rows"] == len(remote_jobs["score"][0]["prediction"])
+    assert remote_jobs["table_last_column"] == "true_label"
+    assert remote_jobs["table_prediction"] == remote_jobs["score"][0]["prediction"]
+
+
 def test_select_job_over_spark_remote_env(remote_jobs):
     assert remote_jobs["select"]["code"] == 0, remote_jobs["select"]["stderr"][-3000:]
     assert {"report.json", "selection.csv"} <= set(remote_jobs["select_files"])
