@@ -79,6 +79,7 @@ def read_input(spark: Any, config: Any) -> Any:
                     "inferSchema", str(config.csv_infer_schema).lower()
                 )
             df = reader.load(config.input)
+        df.schema  # noqa: B018 - resolves the source now (Spark Connect is lazy)
     except Exception as exc:
         text = str(exc)
         if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
@@ -120,7 +121,16 @@ def check_feature_types(df: Any, names: list[str]) -> None:
         col = F.col(f"`{c}`")
         bad = col.isNotNull() & F.expr(f"try_cast(`{c}` AS DOUBLE)").isNull()
         aggs += [F.count(F.when(bad, 1)).alias(f"n{j}"), F.min(F.when(bad, col)).alias(f"e{j}")]
-    row = df.agg(*aggs).collect()[0]
+        aggs.append(F.count(col).alias(f"v{j}"))
+    row = df.agg(F.count(F.lit(1)).alias("rows"), *aggs).collect()[0]
+    # A CSV column with no value at all is read as string too.
+    empty = [c for j, c in enumerate(text) if not row[f"v{j}"]]
+    if empty:
+        raise JobError(
+            f"feature column(s) {', '.join(repr(c) for c in empty)}: null in all "
+            f"{row['rows']} rows, so there is nothing to fit or score them on. Drop them "
+            "from the features."
+        )
     malformed = [
         f"'{c}' ({int(row[f'n{j}'])} value(s), e.g. {row[f'e{j}']!r})"
         for j, c in enumerate(text)

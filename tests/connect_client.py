@@ -293,71 +293,84 @@ def jobs(cfg: dict[str, Any]) -> dict[str, Any]:
     finally:
         del os.environ["SPARK_REMOTE"]
 
-    # Bad input: exit code 2 and one line, as in classic mode.
-    (root / "text.csv").write_text("id,x,y,z\n1,a,2.0,3.0\n2,b,1.0,1.0\n")
-    (root / "nan.csv").write_text("id,x,y,z\n1,NaN,2.0,3.0\n2,1.0,1.0,1.0\n3,2.0,1.0,0.0\n")
-    bad = {
-        "missing_input": [
+    # The bad-input matrix of docs/reliability.md, over Connect: exit code 2, one line,
+    # nothing written.
+    files = {
+        "text": "id,x,y,z\n1,a,2.0,3.0\n2,b,1.0,1.0\n",
+        "nan": "id,x,y,z\n1,NaN,2.0,3.0\n2,1.0,1.0,1.0\n3,2.0,1.0,0.0\n",
+        "null_z": "id,x,y,z\n1,1.0,2.0,\n2,2.0,1.0,\n3,3.0,1.0,\n",
+        "dup": "id,x,y,z\n" + "".join(f"{i},{i % 3}.0,1.0,2.0\n" for i in range(30)),
+        "weights": "id,x,y,z,w\n1,1.0,2.0,3.0,1.0\n2,2.0,1.0,0.0,-1.0\n3,0.0,1.0,1.0,2.0\n",
+    }
+    for name, text in files.items():
+        (root / f"{name}.csv").write_text(text)
+    broken = root / "broken-model" / "metadata"
+    broken.mkdir(parents=True)
+    (broken / "part-00000").write_text("{not json")
+
+    def fit_on(path: str, *extra: str) -> list[str]:
+        return [
             "fit",
             "--remote",
             url,
             "--input",
-            str(root / "nope.csv"),
+            path,
             "--format",
             "csv",
             "--features",
             "x,y,z",
             "--k",
             "2",
-        ],
-        "missing_column": [
-            "fit",
-            "--remote",
-            url,
-            "--input",
-            csv,
-            "--format",
-            "csv",
-            "--features",
-            "x,y,nope",
-            "--k",
-            "2",
-        ],
-        "text_feature": [
-            "fit",
-            "--remote",
-            url,
-            "--input",
-            str(root / "text.csv"),
-            "--format",
-            "csv",
-            "--features",
-            "x,y,z",
-            "--k",
-            "2",
-        ],
-        "nan_feature": [
-            "fit",
-            "--remote",
-            url,
-            "--input",
-            str(root / "nan.csv"),
-            "--format",
-            "csv",
-            "--features",
-            "x,y,z",
-            "--k",
-            "2",
-        ],
-        "missing_model": [
+            *extra,
+        ]
+
+    def score_with(model: str, *extra: str) -> list[str]:
+        return [
             "score",
             "--remote",
             url,
             *src,
             "--model",
-            str(root / "no-model"),
+            model,
             "--output",
             str(root / "scored-none"),
+            *extra,
+        ]
+
+    bad = {
+        "missing_input": fit_on(str(root / "nope.csv")),
+        "missing_table": [
+            "score",
+            "--remote",
+            url,
+            "--table",
+            "no_db.events",
+            "--model",
+            model_dir,
+            "--output",
+            str(root / "scored-none"),
+        ],
+        "missing_column": ["fit", "--remote", url, *src[:4], "--features", "x,y,nope"],
+        "empty_after_where": fit_on(csv, "--where", "x > 1e9"),
+        "score_empty_after_where": score_with(model_dir, "--where", "x > 1e9"),
+        "text_feature": fit_on(str(root / "text.csv")),
+        "nan_feature": fit_on(str(root / "nan.csv")),
+        "all_null_feature": fit_on(str(root / "null_z.csv")),
+        "fewer_distinct_rows_than_k": fit_on(str(root / "dup.csv"), "--k", "4"),
+        "negative_weight": fit_on(str(root / "weights.csv"), "--weight-col", "w"),
+        "missing_model": score_with(str(root / "no-model")),
+        "corrupt_model": score_with(str(root / "broken-model")),
+        "output_is_input": [
+            "score",
+            "--remote",
+            url,
+            *src,
+            "--model",
+            model_dir,
+            "--output",
+            csv,
+            "--mode",
+            "overwrite",
         ],
     }
     out["bad"] = {name: _run_job(argv) for name, argv in bad.items()}

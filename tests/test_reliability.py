@@ -282,6 +282,19 @@ def test_csv_with_a_malformed_number(spark, job, inputs, tmp_path):
     assert "1 input rows have invalid features or weights (column 'b': null, NaN or" in msg
 
 
+def test_csv_column_without_any_value(job, tmp_path):
+    """An empty CSV column is inferred as string: the job says it is empty, not text."""
+    path = tmp_path / "empty_c.csv"
+    path.write_text("a,b,c\n" + "".join(f"{i}.0,{i % 3}.5,\n" for i in range(12)))
+    model = tmp_path / "m"
+    failed(
+        job("fit", "--input", path, "--format", "csv", "--features", "a,b,c", "--output", model),
+        "feature column(s) 'c': null in all 12 rows",
+        "Drop them from the features",
+    )
+    assert snapshot(model) is None
+
+
 def test_nan_inf_null_error_by_default_skip_counts(job, inputs, tmp_path):
     path, model, out, report = inputs["nan"], tmp_path / "m", tmp_path / "o", tmp_path / "r"
     failed(

@@ -452,11 +452,19 @@ def test_select_job_over_spark_remote_env(remote_jobs):
 @pytest.mark.parametrize(
     ("case", "needles"),
     [
-        ("missing_input", ("does not exist", "nope.csv")),
+        ("missing_input", ("does not exist", "nope.csv", "Check 'input'")),
+        ("missing_table", ("input table no_db.events does not exist",)),
         ("missing_column", ("'nope'", "available columns")),
-        ("text_feature", ("'x'",)),
-        ("nan_feature", ("invalid features", "'x'")),
-        ("missing_model", ("no-model",)),
+        ("empty_after_where", ("no rows to fit",)),
+        ("score_empty_after_where", ("has no rows after where 'x > 1e9'",)),
+        ("text_feature", ("'x' (2 value(s)",)),
+        ("nan_feature", ("1 input rows have invalid features", "'x'")),
+        ("all_null_feature", ("'z': null in all 3 rows", "Drop them")),
+        ("fewer_distinct_rows_than_k", ("k=4 but the rows have only 3 distinct values",)),
+        ("negative_weight", ("weight column 'w'", "negative weights: 1")),
+        ("missing_model", ("no-model is not a saved model",)),
+        ("corrupt_model", ("broken-model is not a saved model",)),
+        ("output_is_input", ("refusing to write", "the job's input")),
     ],
 )
 def test_bad_input_over_connect_is_one_line_and_exit_2(remote_jobs, case, needles):
