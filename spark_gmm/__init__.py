@@ -5,7 +5,9 @@ scikit-learn's numerics (log-space E-step, Cholesky of the precision, ``regCovar
 covariance types, restarts sharing data passes). ``GaussianMixtureSelector`` chooses k
 and the covariance type by BIC/AIC over a grid fitted in shared data passes;
 ``BayesianGaussianMixture`` (sklearn's variational Bayesian mixture) empties the
-components the data do not need in one fit.
+components the data do not need in one fit. ``GaussianMixtureModel.update`` folds new
+rows into a model (online EM), and ``StreamingGaussianMixture`` does it for every
+micro-batch of a Structured Streaming query.
 """
 
 from spark_gmm.bayesian import (
@@ -23,6 +25,7 @@ from spark_gmm.errors import (
 from spark_gmm.estimator import GaussianMixture, GaussianMixtureModel, GaussianMixtureSummary
 from spark_gmm.selection import GaussianMixtureSelectionModel, GaussianMixtureSelector
 from spark_gmm.session import build_session
+from spark_gmm.streaming import StreamingGaussianMixture
 
 __version__ = "0.1.0"
 
@@ -40,6 +43,7 @@ __all__ = [
     "GaussianMixtureSelector",
     "GaussianMixtureSummary",
     "InvalidInputError",
+    "StreamingGaussianMixture",
     "__version__",
     "build_session",
 ]

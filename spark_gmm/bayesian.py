@@ -395,6 +395,14 @@ class BayesianGaussianMixtureModel(GaussianMixtureModel, _BayesianParams):
     ``weights_`` and ``covariances_``.
     """
 
+    def update(self, dataset: Any, *args: Any, **kwargs: Any) -> GaussianMixtureModel:
+        """Not available: incremental updates are maximum-likelihood EM; the variational
+        posterior has no running-statistics form here. Refit, or warm-start a fit."""
+        raise InvalidInputError(
+            "BayesianGaussianMixtureModel cannot be updated incrementally: update() is "
+            "maximum-likelihood EM. Refit the Bayesian model on the new window instead."
+        )
+
     def __init__(self, posterior: VariationalParameters | None = None) -> None:
         super().__init__(None if posterior is None else scoring_parameters(posterior))
         self._posterior = posterior

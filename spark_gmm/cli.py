@@ -1,7 +1,9 @@
-"""The ``spark-gmm`` command: ``fit``, ``select`` and ``score`` jobs for data-lake tables.
+"""The ``spark-gmm`` command: ``fit``, ``select``, ``score`` and ``update`` jobs for
+data-lake tables.
 
-``jobs/fit_gmm.py``, ``jobs/select_gmm.py`` and ``jobs/score_gmm.py`` (for
-``spark-submit``) and the ``spark-gmm`` console script all land in :func:`main`. Each
+``jobs/fit_gmm.py``, ``jobs/select_gmm.py``, ``jobs/score_gmm.py`` and
+``jobs/update_gmm.py`` (for ``spark-submit``) and the ``spark-gmm`` console script all land
+in :func:`main`. Each
 job reads its settings from a TOML file (``--config``) and command-line flags, flags
 winning; an unknown key or a value of the wrong type is an error that names it. The
 work itself is in :mod:`spark_gmm.jobs`.
@@ -29,6 +31,7 @@ __all__ = [
     "FitConfig",
     "ScoreConfig",
     "SelectConfig",
+    "UpdateConfig",
     "load_config",
     "main",
     "parse_k_values",
@@ -133,6 +136,25 @@ class ScoreConfig(InputConfig):
     imputed_col: str = ""
 
 
+@dataclass
+class UpdateConfig(InputConfig):
+    """Settings of ``spark-gmm update``: fold new rows (e.g. one day's partition) into a
+    saved model and save the result elsewhere (see ``GaussianMixtureModel.update``)."""
+
+    model: str = ""
+    output: str = ""
+    overwrite: bool = False
+    weight_col: str = ""
+    decay_factor: float | None = None
+    half_life: float | None = None
+    time_unit: str = "batches"
+    step_size_offset: float | None = None
+    step_size_exponent: float | None = None
+    passes: int = 1
+    initial_weight: float | None = None
+    handle_invalid: str | None = None
+
+
 _LIST_KEYS = {"features", "id_cols", "partition_by", "covariance_types"}
 _TYPES: dict[str, type] = {
     "k": int,
@@ -154,6 +176,12 @@ _TYPES: dict[str, type] = {
     "effective_k_threshold": float,
     "block_dtype": str,
     "max_block_size_mb": float,
+    "decay_factor": float,
+    "half_life": float,
+    "step_size_offset": float,
+    "step_size_exponent": float,
+    "passes": int,
+    "initial_weight": float,
 }
 
 
@@ -275,6 +303,13 @@ def load_config(cls: type, path: str | None, overrides: dict[str, Any]) -> Any:
         raise ConfigError(
             "give 'features' (numeric columns) or 'features_col' (a vector column) to fit."
         )
+    if isinstance(config, UpdateConfig):
+        if not config.model:
+            raise ConfigError("'model' (the saved model to update) is required.")
+        if not config.output and not config.dry_run:
+            raise ConfigError("'output' (where the updated model goes) is required.")
+        if config.passes < 1:
+            raise ConfigError(f"'passes' must be >= 1; got {config.passes}.")
     if isinstance(config, ScoreConfig):
         if not config.model:
             raise ConfigError("'model' (the saved model directory) is required to score.")
@@ -433,6 +468,41 @@ def _parser() -> argparse.ArgumentParser:
         "directory for the best model",
         "directory for report.json, selection.csv and plots",
     )
+    update = sub.add_parser(
+        "update", help="fold new rows into a saved model (online EM), save it elsewhere"
+    )
+    _input_flags(update)
+    update.add_argument("--model", help="the model directory to start from")
+    update.add_argument("--output", help="where the updated model goes (not --model)")
+    update.add_argument(
+        "--overwrite", action="store_const", const=True, help="replace an existing output"
+    )
+    update.add_argument("--weight-col", dest="weight_col")
+    update.add_argument(
+        "--decay-factor",
+        dest="decay_factor",
+        type=float,
+        help="forgetting: weight the past keeps per batch (or per row), default 1",
+    )
+    update.add_argument(
+        "--half-life", dest="half_life", type=float, help="forgetting: in batches or rows"
+    )
+    update.add_argument("--time-unit", dest="time_unit", help="batches (default) or points")
+    update.add_argument(
+        "--step-size-offset",
+        dest="step_size_offset",
+        type=float,
+        help="stepwise EM: step (t + offset) ** -exponent at update t",
+    )
+    update.add_argument("--step-size-exponent", dest="step_size_exponent", type=float)
+    update.add_argument("--passes", type=int, help="E-steps over the new rows (default 1)")
+    update.add_argument(
+        "--initial-weight",
+        dest="initial_weight",
+        type=float,
+        help="rows a never-updated model counts for (default: its training rows)",
+    )
+    update.add_argument("--handle-invalid", dest="handle_invalid")
     score = sub.add_parser("score", help="apply a saved model to a table")
     _input_flags(score)
     score.add_argument("--model", help="model directory written by 'fit'")
@@ -506,7 +576,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.get("remote") and not args.get("master"):
         args["master"] = ""  # --remote wins over a master set in the config file
     try:
-        config_cls = {"fit": FitConfig, "select": SelectConfig, "score": ScoreConfig}[command]
+        config_cls = {
+            "fit": FitConfig,
+            "select": SelectConfig,
+            "score": ScoreConfig,
+            "update": UpdateConfig,
+        }[command]
         config = load_config(config_cls, config_path, args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -531,6 +606,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             jobs.run_fit(spark, config)
         elif command == "select":
             jobs.run_select(spark, config)
+        elif command == "update":
+            jobs.run_update(spark, config)
         else:
             jobs.run_score(spark, config)
         return 0
@@ -553,6 +630,11 @@ def fit_main() -> int:
 def select_main() -> int:
     """Entry of ``jobs/select_gmm.py``."""
     return main(["select", *sys.argv[1:]])
+
+
+def update_main() -> int:
+    """Entry of ``jobs/update_gmm.py``."""
+    return main(["update", *sys.argv[1:]])
 
 
 def score_main() -> int:

@@ -18,7 +18,7 @@ import numpy as np
 
 from spark_gmm.errors import GaussianMixtureError
 
-__all__ = ["JobError", "is_user_error", "run_fit", "run_score", "run_select"]
+__all__ = ["JobError", "is_user_error", "run_fit", "run_score", "run_select", "run_update"]
 
 log = logging.getLogger("spark_gmm")
 
@@ -571,6 +571,81 @@ def run_score(spark: Any, config: Any) -> None:
         f"in {time.perf_counter() - started:.1f} s"
     )
     log.info("score job done: %s", json.dumps({"output": target, "mode": config.mode}))
+
+
+def run_update(spark: Any, config: Any) -> Any:
+    """Fold the input rows into the saved model, save the result at ``config.output``.
+
+    The output must differ from the model: a rerun for the same rows then starts from the
+    same model and writes the same result (idempotent), where updating in place would
+    fold the rows in twice. A pipeline model (``--standardize``) keeps its feature stages;
+    only its mixture is updated.
+    """
+    from pyspark.ml import PipelineModel
+
+    from spark_gmm.bayesian import BayesianGaussianMixtureModel
+    from spark_gmm.persistence import load_any_model
+
+    started = time.perf_counter()
+    if config.output and _same_location(config.model, config.output):
+        raise JobError(
+            f"output {config.output} is the model being updated: write the update elsewhere "
+            "(e.g. one directory per day), so that a rerun starts from the same model "
+            "instead of folding the same rows in twice."
+        )
+    _check_model_output(spark, config)
+    model, gm = load_any_model(config.model, spark)
+    if isinstance(gm, BayesianGaussianMixtureModel):
+        raise JobError(
+            f"{config.model} holds a BayesianGaussianMixtureModel, which cannot be updated "
+            "incrementally; refit it on the new window."
+        )
+    df = read_input(spark, config)
+    if config.features:
+        gm.setInputCols(config.features)
+    elif config.features_col:
+        gm.setFeaturesCol(config.features_col)
+    if config.weight_col:
+        gm.set(gm.weightCol, config.weight_col)
+    if config.handle_invalid:
+        gm.setHandleInvalid(config.handle_invalid)
+    check_feature_types(df, config.features or _model_input_cols(model, gm))
+    if config.dry_run:
+        print(_plan(config, df, f"update {config.model} (k={gm.getK()})"))
+        print(f"  output:   {config.output or '(not saved)'}")
+        return None
+    rows = df
+    if model is not gm:  # the pipeline's feature stages first
+        for stage in model.stages[:-1]:
+            rows = stage.transform(rows)
+    try:
+        updated = gm.update(
+            rows,
+            decayFactor=config.decay_factor,
+            halfLife=config.half_life,
+            timeUnit=config.time_unit,
+            stepSizeOffset=config.step_size_offset,
+            stepSizeExponent=config.step_size_exponent,
+            passes=config.passes,
+            initialWeight=config.initial_weight,
+        )
+    except Exception as exc:
+        worker = _worker_error(exc)
+        if worker is not None:
+            raise worker from None
+        raise
+    result = updated if model is gm else PipelineModel(stages=[*model.stages[:-1], updated])
+    schedule = updated.updateSchedule or {}
+    print(
+        f"spark_gmm update {updated.updateCount}: {schedule.get('batchRows')} new rows "
+        f"(mean log-likelihood {schedule.get('batchMeanLogLikelihood', float('nan')):.6f} "
+        f"under the previous model), {updated.updateRows} rows folded in so far, "
+        f"{schedule.get('kind')} schedule, {time.perf_counter() - started:.1f} s"
+    )
+    print("weights: " + ", ".join(f"{w:.4f}" for w in updated.weights))
+    _save_model(spark, config, result)
+    log.info("update job done in %.1f s", time.perf_counter() - started)
+    return result
 
 
 def _model_input_cols(model: Any, gm: Any) -> list[str]:

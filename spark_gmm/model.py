@@ -138,6 +138,12 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
         # [[q, log-likelihood], ...] of the training rows, set by the fit job so that
         # scoring can flag rows less likely than the training q-quantile; saved with it.
         self.logLikelihoodQuantiles: list[list[float]] | None = None
+        # Incremental updates (spark_gmm.incremental): the running statistics, how many
+        # batches and rows were folded in, and the schedule of the last update.
+        self._running: Any = None
+        self.updateCount = 0
+        self.updateRows = 0
+        self.updateSchedule: dict[str, Any] | None = None
         if params is not None:
             # The model's own k/covarianceType params describe its parameters.
             self._set(k=params.n_components, covarianceType=params.covariance_type)
@@ -251,6 +257,117 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
         if self._summary is None:
             raise RuntimeError("No training summary: this model was not produced by fit().")
         return self._summary
+
+    # -- incremental updates ----------------------------------------------
+
+    def runningStatistics(self, initialWeight: float | None = None) -> Any:
+        """The statistics the next :meth:`update` blends a batch into
+        (:class:`spark_gmm.gaussian.SufficientStatistics`, centred on the means).
+
+        A model never updated has none stored: they are implied by its parameters,
+        weighted by ``initialWeight`` rows, by default the training summary's total weight
+        (the rows of the fit), or 1 for a model without a summary.
+        """
+        from spark_gmm.incremental import from_parameters
+
+        if self._running is not None and initialWeight is None:
+            return self._running
+        if initialWeight is None:
+            summary = self._summary
+            initialWeight = float(summary.totalWeight) if summary is not None else 1.0
+        if not (initialWeight > 0 and math.isfinite(initialWeight)):
+            raise InvalidInputError(f"initialWeight must be > 0; got {initialWeight}.")
+        return from_parameters(self.mixtureParameters, initialWeight, self.getRegCovar())
+
+    def update(
+        self,
+        dataset: Any,
+        decayFactor: float | None = None,
+        halfLife: float | None = None,
+        timeUnit: str = "batches",
+        stepSizeOffset: float | None = None,
+        stepSizeExponent: float | None = None,
+        passes: int = 1,
+        initialWeight: float | None = None,
+    ) -> GaussianMixtureModel:
+        """A new model: this one with ``dataset``'s rows folded into its statistics.
+
+        Parameters
+        ----------
+        dataset : pyspark.sql.DataFrame
+            The new rows, in the model's feature columns (and ``weightCol`` if set).
+        decayFactor, halfLife, timeUnit :
+            Forgetting (MLlib ``StreamingKMeans``' convention): the past keeps
+            ``decayFactor`` of its weight per batch (``timeUnit="batches"``) or per row
+            (``"points"``); ``halfLife`` in batches or rows instead. Default: decay 1,
+            nothing forgotten.
+        stepSizeOffset, stepSizeExponent :
+            Stepwise EM instead (Cappe & Moulines 2009): the batch gets the step
+            ``(t + offset) ** -exponent`` at the t-th update, ``0.5 < exponent <= 1``.
+        passes : int
+            E-steps over the batch (default 1).
+        initialWeight : float, optional
+            Rows the model's parameters count for when it has no running statistics yet
+            (see :meth:`runningStatistics`).
+
+        The model's ``regCovar``, ``handleInvalid`` and ``handleMissing`` apply as in a
+        fit. See :mod:`spark_gmm.incremental` for the algebra and the handling of a
+        component that loses all its weight.
+        """
+        from spark_gmm.incremental import Schedule, update_parameters
+        from spark_gmm.params import _OVERFLOW
+
+        schedule = Schedule.from_params(
+            decayFactor, halfLife, timeUnit, stepSizeOffset, stepSizeExponent
+        )
+        if int(passes) < 1:
+            raise InvalidInputError(f"passes must be >= 1; got {passes}.")
+        params = self.mixtureParameters
+        running = self.runningStatistics(initialWeight)
+        ensure_local_python_workers(dataset.sparkSession)
+        spec, columns = self._features(dataset, n_features=params.n_features)
+        if spec.n_features != params.n_features:
+            raise InvalidInputError(
+                f"The model has {params.n_features} features but inputCols names "
+                f"{spec.n_features} columns."
+            )
+        shape = [(params.n_components, params.covariance_type)]
+        data = self._prepare(dataset, spec, columns, shape, sample=False)
+        try:
+            result = update_parameters(
+                data,
+                params,
+                running,
+                self.updateCount,
+                schedule,
+                self.getRegCovar(),
+                passes=int(passes),
+                missing=self._marginalize(),
+            )
+        except FloatingPointError:
+            raise InvalidInputError(_OVERFLOW) from None
+        finally:
+            data.release()
+        model = self._copyValues(GaussianMixtureModel(result.params))
+        model._feature_names = list(self._feature_names) or list(spec.names)
+        model.logLikelihoodQuantiles = self.logLikelihoodQuantiles
+        model._running = result.running
+        model.updateCount = self.updateCount + 1
+        model.updateRows = self.updateRows + data.n_rows
+        model.updateSchedule = dict(
+            schedule.to_dict(),
+            passes=int(passes),
+            batchRows=data.n_rows,
+            batchMeanLogLikelihood=result.batch_log_likelihood,
+        )
+        log.info(
+            "update %d: %d rows (mean log-likelihood %.6f before the update), %s",
+            model.updateCount,
+            data.n_rows,
+            result.batch_log_likelihood,
+            schedule.kind,
+        )
+        return model
 
     # -- numpy helpers (sklearn's names) ----------------------------------
 

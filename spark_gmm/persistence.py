@@ -39,6 +39,7 @@ __all__ = [
     "ModelFormatError",
     "atomic_save",
     "delete_path",
+    "list_children",
     "load_any_model",
     "path_exists",
 ]
@@ -47,6 +48,8 @@ log = logging.getLogger("spark_gmm")
 
 FORMAT_VERSION = 1
 _ARRAY_NAMES = ("weights", "means", "covariances")
+# An updated model's running statistics (spark_gmm.incremental), when it has them.
+_RUNNING_NAMES = ("runningNk", "runningCentres", "runningScatter")
 # Params that hold objects, not JSON values; saved separately or not at all.
 _OBJECT_PARAMS = ("initialModel",)
 
@@ -120,6 +123,23 @@ def _exists(spark: Any, path: str) -> bool:
 def path_exists(spark: Any, path: str) -> bool:
     """Whether ``path`` exists (any Hadoop file system; over Connect, on the server's)."""
     return _exists(spark, path.rstrip("/"))
+
+
+def list_children(spark: Any, path: str) -> list[str]:
+    """Names of the entries directly under ``path`` ([] when it does not exist).
+
+    Needs the Hadoop FileSystem, so a classic session (Connect has no listing API).
+    """
+    fs = _hadoop_fs(spark, path.rstrip("/"))
+    if fs is None:
+        raise ModelFormatError(
+            f"cannot list {path} over Spark Connect (it has no file-system API); run this "
+            "from a classic session."
+        )
+    filesystem, jpath = fs
+    if not filesystem.exists(jpath):
+        return []
+    return sorted(str(status.getPath().getName()) for status in filesystem.listStatus(jpath))
 
 
 def delete_path(spark: Any, path: str) -> None:
@@ -208,11 +228,19 @@ class GaussianMixtureModelWriter(_AtomicWriter):
         model = self.instance
         params: MixtureParameters = model.mixtureParameters
         spark = self.sparkSession
-        _write_arrays(
-            spark,
-            path,
-            {"weights": params.weights, "means": params.means, "covariances": params.covariances},
-        )
+        arrays = {
+            "weights": params.weights,
+            "means": params.means,
+            "covariances": params.covariances,
+        }
+        running = model._running
+        if running is not None:
+            arrays.update(
+                runningNk=running.nk,
+                runningCentres=running.centres,
+                runningScatter=running.scatter,
+            )
+        _write_arrays(spark, path, arrays)
         summary = model._summary
         extra = {
             "formatVersion": FORMAT_VERSION,
@@ -223,6 +251,10 @@ class GaussianMixtureModelWriter(_AtomicWriter):
             "featureNames": list(model._feature_names),
             "trainingSummary": None if summary is None else summary.to_dict(),
             "logLikelihoodQuantiles": model.logLikelihoodQuantiles,
+            "updateCount": model.updateCount,
+            "updateRows": model.updateRows,
+            "updateSchedule": model.updateSchedule,
+            "runningTotalWeight": None if running is None else running.total_weight,
         }
         DefaultParamsWriter.saveMetadata(
             model, path, _ml_context(spark), extra, _json_params(model)
@@ -271,7 +303,7 @@ def _class_names(cls: type) -> tuple[str, ...]:
 
 
 def _load_arrays(
-    path: str, spark: Any, names: tuple[str, ...] = _ARRAY_NAMES
+    path: str, spark: Any, names: tuple[str, ...] = _ARRAY_NAMES, optional: tuple[str, ...] = ()
 ) -> dict[str, np.ndarray]:
     try:
         rows = spark.read.parquet(f"{path}/data").collect()
@@ -283,7 +315,7 @@ def _load_arrays(
     arrays: dict[str, np.ndarray] = {}
     for row in rows:
         name, shape, values = row["name"], row["shape"], row["values"]
-        if name in arrays or name not in names:
+        if name in arrays or name not in names + optional:
             raise ModelFormatError(f"{path}/data has an unexpected or repeated array {name!r}.")
         if shape is None or values is None or any(v is None for v in values):
             raise ModelFormatError(f"{path}/data: array {name!r} has missing values.")
@@ -323,6 +355,40 @@ def _restore_model(model: Any, metadata: dict[str, Any], summary_cls: Any) -> An
     return model
 
 
+def _restore_running(
+    path: str, model: Any, arrays: dict[str, np.ndarray], metadata: dict[str, Any]
+) -> None:
+    """The running statistics of an updated model (saves before them have none: the
+    next update starts from the parameters, see ``GaussianMixtureModel.runningStatistics``)."""
+    from spark_gmm.gaussian import SufficientStatistics
+
+    model.updateCount = int(metadata.get("updateCount") or 0)
+    model.updateRows = int(metadata.get("updateRows") or 0)
+    model.updateSchedule = metadata.get("updateSchedule")
+    present = [n for n in _RUNNING_NAMES if n in arrays]
+    if not present:
+        return
+    if len(present) != len(_RUNNING_NAMES) or metadata.get("runningTotalWeight") is None:
+        raise ModelFormatError(f"{path} has incomplete running statistics ({present}).")
+    params = model.mixtureParameters
+    k, d = params.n_components, params.n_features
+    ct = params.covariance_type
+    scatter_shape = {"full": (k, d, d), "tied": (d, d)}.get(ct, (k, d))
+    expected = {"runningNk": (k,), "runningCentres": (k, d), "runningScatter": scatter_shape}
+    _check_shapes(path, arrays, expected, f"k={k}, d={d}, {ct}")
+    nk = arrays["runningNk"]
+    model._running = SufficientStatistics(
+        ct,
+        arrays["runningCentres"],
+        nk,
+        np.zeros((k, d)),
+        arrays["runningScatter"],
+        0.0,
+        float(metadata["runningTotalWeight"]),
+        nk.copy(),
+    )
+
+
 class GaussianMixtureModelReader(MLReader[Any]):
     def __init__(self, cls: type) -> None:
         super().__init__()
@@ -332,7 +398,7 @@ class GaussianMixtureModelReader(MLReader[Any]):
         path = path.rstrip("/")
         spark = self.sparkSession
         metadata = _load_metadata(path, spark, _class_names(self.cls))
-        arrays = _load_arrays(path, spark)
+        arrays = _load_arrays(path, spark, optional=_RUNNING_NAMES)
         k, d = int(metadata["k"]), int(metadata["numFeatures"])
         covariance_type = metadata["covarianceType"]
         expected = {
@@ -349,7 +415,9 @@ class GaussianMixtureModelReader(MLReader[Any]):
             raise ModelFormatError(f"{path} holds invalid parameters: {exc}") from None
         from spark_gmm.model import GaussianMixtureSummary
 
-        return _restore_model(self.cls(params), metadata, GaussianMixtureSummary)
+        model = _restore_model(self.cls(params), metadata, GaussianMixtureSummary)
+        _restore_running(path, model, arrays, metadata)
+        return model
 
 
 class GaussianMixtureWriter(_AtomicWriter):
