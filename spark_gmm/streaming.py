@@ -12,8 +12,8 @@ says so), so a replay changes nothing. A restarted query (same ``checkpointLocat
 resumes from the newest committed version; the initial model is only used while the
 directory has none. Older versions beyond ``keepVersions`` are deleted after a commit.
 
-Needs a classic session on the driver (the versions are listed through Hadoop's
-FileSystem).
+On a classic session the versions are listed through Hadoop's FileSystem; over Spark
+Connect (no listing API) through Spark's file reader, from their metadata files.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import logging
 import re
 from typing import Any
 
+from spark_gmm.engine import is_connect
 from spark_gmm.errors import InvalidInputError
 from spark_gmm.incremental import Schedule
 from spark_gmm.model import GaussianMixtureModel
@@ -32,6 +33,25 @@ __all__ = ["StreamingGaussianMixture"]
 log = logging.getLogger("spark_gmm")
 
 _VERSION = re.compile(r"^batch-(\d{12})$")
+
+
+def _connect_version_names(spark: Any, model_dir: str) -> list[str]:
+    """The version directories that hold metadata, found by Spark's file reader (Spark
+    Connect has no listing API): the parent directory of every metadata file."""
+    from pyspark.sql import functions as F
+
+    try:
+        files = (
+            spark.read.text(f"{model_dir}/batch-*/metadata")
+            .select(F.input_file_name().alias("file"))
+            .distinct()
+            .collect()
+        )
+    except Exception as exc:
+        if "PATH_NOT_FOUND" in str(exc) or "Path does not exist" in str(exc):
+            return []
+        raise
+    return sorted({row["file"].rstrip("/").split("/")[-3] for row in files})
 
 
 class StreamingGaussianMixture:
@@ -90,7 +110,11 @@ class StreamingGaussianMixture:
     # -- committed versions -------------------------------------------------
 
     def _versions(self, spark: Any) -> list[int]:
-        names = list_children(spark, self.modelDir)
+        """Batch ids of the complete versions (a save in progress has another name)."""
+        if is_connect(spark):
+            names = _connect_version_names(spark, self.modelDir)
+        else:
+            names = list_children(spark, self.modelDir)
         return sorted(int(m.group(1)) for m in map(_VERSION.match, names) if m)
 
     def _path(self, batch_id: int) -> str:

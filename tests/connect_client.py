@@ -488,9 +488,47 @@ def jobs(cfg: dict[str, Any]) -> dict[str, Any]:
             out["failed_save_load"] = None
         except ModelFormatError as e:
             out["failed_save_load"] = str(e)
+
+        out.update(_streaming(spark, root, csv, cfg["classic_model"]))
     finally:
         spark.stop()
     out["jvm"] = _connect_only()
+    return out
+
+
+def _streaming(spark: Any, root: Any, csv: str, start_path: str) -> dict[str, Any]:
+    """StreamingGaussianMixture over Connect: its foreachBatch function runs in a Python
+    process of the server, with a Connect session; two files, one micro-batch each."""
+    import os
+
+    from spark_gmm import GaussianMixtureModel, StreamingGaussianMixture
+
+    folder = root / "stream-in"
+    folder.mkdir()
+    halves = [pd.read_csv(csv)[["x", "y", "z"]].iloc[i::2] for i in range(2)]
+    for i, half in enumerate(halves):
+        half.to_parquet(folder / f"part-{i}.parquet")
+        # The file source takes the oldest file first: make the order certain.
+        os.utime(folder / f"part-{i}.parquet", (1_700_000_000 + 60 * i,) * 2)
+    start = GaussianMixtureModel.load(start_path)
+    sgm = StreamingGaussianMixture(str(root / "stream-models"), initialModel=start, decayFactor=0.9)
+    stream = (
+        spark.readStream.schema("x double, y double, z double")
+        .option("maxFilesPerTrigger", 1)
+        .parquet(str(folder))
+    )
+    query = sgm.start(stream, str(root / "stream-ckpt"), trigger={"availableNow": True})
+    query.awaitTermination(600)
+    error = query.exception()
+    out: dict[str, Any] = {"stream_error": None if error is None else str(error)[:3000]}
+    models = root / "stream-models"
+    out["stream_versions"] = sorted(p.name for p in models.iterdir()) if models.exists() else []
+    if error is None and out["stream_versions"]:
+        want = start
+        for half in halves:
+            want = want.update(spark.createDataFrame(half), decayFactor=0.9)
+        out["stream_params"] = _model_params(sgm.latestModel(spark))
+        out["stream_want"] = _model_params(want)
     return out
 
 

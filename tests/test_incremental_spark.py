@@ -6,6 +6,12 @@ resumes), and the ``spark-gmm update`` job."""
 from __future__ import annotations
 
 import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +143,8 @@ def _write_batches(folder: Path, batches, start: int) -> None:
         tmp = folder.parent / f".part-{i}.parquet"
         pd.DataFrame(Xb, columns=COLS).to_parquet(tmp)
         tmp.rename(folder / f"batch-{i:03d}.parquet")
+        # The file source takes the oldest file first: make the order certain.
+        os.utime(folder / f"batch-{i:03d}.parquet", (1_700_000_000 + 60 * i,) * 2)
 
 
 def _run_available(spark, sgm, folder, checkpoint):
@@ -191,6 +199,82 @@ def test_streaming_updates_commit_skip_replays_and_resume(spark, fitted, tmp_pat
         "batch-000000000003",
         "batch-000000000004",
     ]
+
+
+def _committed(model_dir: Path) -> list[int]:
+    """Batch ids of the committed versions (not a save in progress, ``._tmp-...``)."""
+    if not model_dir.exists():
+        return []
+    found = (re.fullmatch(r"batch-(\d{12})", p.name) for p in model_dir.iterdir())
+    return [int(m.group(1)) for m in found if m]
+
+
+_STREAMING_DRIVER = """
+import sys
+from pyspark.sql import SparkSession
+from spark_gmm import GaussianMixtureModel, StreamingGaussianMixture
+
+folder, checkpoint, model_dir, start = sys.argv[1:5]
+spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
+         .getOrCreate())
+sgm = StreamingGaussianMixture(model_dir, initialModel=GaussianMixtureModel.load(start),
+                               decayFactor=0.9)
+stream = (spark.readStream.schema("a double, b double, c double")
+          .option("maxFilesPerTrigger", 1).parquet(folder))
+sgm.start(stream, checkpoint, trigger={"processingTime": "1 second"}).awaitTermination()
+"""
+
+
+def test_streaming_driver_killed_then_resumed_folds_every_batch_once(spark, fitted, tmp_path):
+    """SIGKILL the driver (and its JVM) of a running query after two commits; a new query
+    on the same checkpoint ends with every batch folded in exactly once, whether the
+    batch in flight was committed (then Spark replays it and it is skipped) or not."""
+    _, model = fitted
+    batches = [make_mixture(n=400, d=3, k=3, seed=70 + i)[0] for i in range(5)]
+    folder, checkpoint, model_dir = tmp_path / "in", tmp_path / "ckpt", tmp_path / "models"
+    _write_batches(folder, batches, 0)
+    model.write().save(str(tmp_path / "start"))
+    script = tmp_path / "driver.py"
+    script.write_text(_STREAMING_DRIVER)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            str(folder),
+            str(checkpoint),
+            str(model_dir),
+            str(tmp_path / "start"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its JVM too: kill the whole group, as a lost host would
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if len(_committed(model_dir)) >= 2:
+                break
+            assert proc.poll() is None, "the streaming driver ended before it was killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no two committed versions within 240 s")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    killed_after = max(_committed(model_dir))
+    assert killed_after < 4, "the query was not killed mid-way"
+
+    resumed = StreamingGaussianMixture(str(model_dir), decayFactor=0.9)
+    _run_available(spark, resumed, folder, checkpoint)
+    want = GaussianMixtureModel.load(str(tmp_path / "start"))
+    for Xb in batches:
+        want = want.update(_frame(spark, Xb), decayFactor=0.9)
+    final = resumed.latestModel(spark)
+    assert final.updateCount == 5 and final.updateRows == 2_000
+    _assert_params_equal(final, want, 1e-10)
 
 
 def test_streaming_without_a_model_says_what_to_give(spark, tmp_path):

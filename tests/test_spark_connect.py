@@ -523,3 +523,11 @@ def test_saves_over_connect_refuse_to_clobber_and_fail_cleanly(remote_jobs):
     assert "injected failure" in remote_jobs["failed_save"]
     assert remote_jobs["failed_save_exists"] is False
     assert "not a complete spark_gmm save" in remote_jobs["failed_save_load"]
+
+
+def test_streaming_updates_over_connect(remote_jobs):
+    """The foreachBatch function runs on the server with a Connect session: it lists,
+    saves and prunes versions without a JVM of its own."""
+    assert remote_jobs["stream_error"] is None, remote_jobs["stream_error"]
+    assert remote_jobs["stream_versions"] == ["batch-000000000000", "batch-000000000001"]
+    _assert_same_params(remote_jobs["stream_params"], remote_jobs["stream_want"], tol=1e-10)
