@@ -94,7 +94,7 @@ def _connect_exists(spark: Any, path: str) -> bool:
     try:
         spark.read.format("text").load(path).schema  # noqa: B018 - resolving is the check
     except Exception as exc:
-        if "PATH_NOT_FOUND" in str(exc):
+        if "PATH_NOT_FOUND" in str(exc) or "Path does not exist" in str(exc):
             return False
         raise
     return True
