@@ -40,7 +40,8 @@ test-spark35: check-java
 	$(VENV35)/bin/python -m pip install --quiet --no-deps -e .
 	$(VENV35)/bin/python -m pytest tests/test_gaussian.py tests/test_em.py tests/test_spark_fit.py \
 		tests/test_spark_errors.py tests/test_model.py tests/test_session.py tests/test_jobs.py \
-		tests/test_selection.py tests/test_checkpoint.py $(PYTEST_ARGS)
+		tests/test_selection.py tests/test_checkpoint.py tests/test_incremental.py \
+		tests/test_incremental_spark.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check spark_gmm jobs tests benchmarks

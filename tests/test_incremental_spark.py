@@ -206,7 +206,7 @@ def _committed(model_dir: Path) -> list[int]:
     if not model_dir.exists():
         return []
     found = (re.fullmatch(r"batch-(\d{12})", p.name) for p in model_dir.iterdir())
-    return [int(m.group(1)) for m in found if m]
+    return sorted(int(m.group(1)) for m in found if m)
 
 
 _STREAMING_DRIVER = """
@@ -218,7 +218,7 @@ folder, checkpoint, model_dir, start = sys.argv[1:5]
 spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
          .getOrCreate())
 sgm = StreamingGaussianMixture(model_dir, initialModel=GaussianMixtureModel.load(start),
-                               decayFactor=0.9)
+                               decayFactor=0.9, keepVersions=10)
 stream = (spark.readStream.schema("a double, b double, c double")
           .option("maxFilesPerTrigger", 1).parquet(folder))
 sgm.start(stream, checkpoint, trigger={"processingTime": "1 second"}).awaitTermination()
@@ -227,53 +227,64 @@ sgm.start(stream, checkpoint, trigger={"processingTime": "1 second"}).awaitTermi
 
 def test_streaming_driver_killed_then_resumed_folds_every_batch_once(spark, fitted, tmp_path):
     """SIGKILL the driver (and its JVM) of a running query after two commits; a new query
-    on the same checkpoint ends with every batch folded in exactly once, whether the
-    batch in flight was committed (then Spark replays it and it is skipped) or not."""
+    on the same checkpoint ends with every row folded in exactly once, whether the batch
+    in flight was committed (then Spark replays it and it is skipped) or not.
+
+    Spark decides how the files are cut into micro-batches after a restart (3.5 may put
+    two files in one), so the reference replays the batches as the committed versions
+    record them: their sizes, in file order."""
     _, model = fitted
-    batches = [make_mixture(n=400, d=3, k=3, seed=70 + i)[0] for i in range(5)]
+    rows = 400
+    batches = [make_mixture(n=rows, d=3, k=3, seed=70 + i)[0] for i in range(5)]
     folder, checkpoint, model_dir = tmp_path / "in", tmp_path / "ckpt", tmp_path / "models"
     _write_batches(folder, batches, 0)
     model.write().save(str(tmp_path / "start"))
     script = tmp_path / "driver.py"
     script.write_text(_STREAMING_DRIVER)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(script),
-            str(folder),
-            str(checkpoint),
-            str(model_dir),
-            str(tmp_path / "start"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its JVM too: kill the whole group, as a lost host would
-        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
-    )
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if len(_committed(model_dir)) >= 2:
-                break
-            assert proc.poll() is None, "the streaming driver ended before it was killed"
-            time.sleep(0.2)
-        else:
-            pytest.fail("no two committed versions within 240 s")
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
+    args = [str(folder), str(checkpoint), str(model_dir), str(tmp_path / "start")]
+    with open(tmp_path / "driver.log", "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            start_new_session=True,  # its JVM too: kill the whole group, as a lost host would
+            env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+        )
+        try:
+            deadline = time.time() + 240
+            while time.time() < deadline:
+                if len(_committed(model_dir)) >= 2:
+                    break
+                if proc.poll() is not None:
+                    tail = (tmp_path / "driver.log").read_text()[-3000:]
+                    pytest.fail(f"the streaming driver ended before it was killed:\n{tail}")
+                time.sleep(0.2)
+            else:
+                pytest.fail("no two committed versions within 240 s")
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
     killed_after = max(_committed(model_dir))
     assert killed_after < 4, "the query was not killed mid-way"
 
-    resumed = StreamingGaussianMixture(str(model_dir), decayFactor=0.9)
+    resumed = StreamingGaussianMixture(str(model_dir), decayFactor=0.9, keepVersions=10)
     _run_available(spark, resumed, folder, checkpoint)
-    want = GaussianMixtureModel.load(str(tmp_path / "start"))
-    for Xb in batches:
-        want = want.update(_frame(spark, Xb), decayFactor=0.9)
+    versions = _committed(model_dir)
+    assert versions == list(range(len(versions))), versions  # no id missing or repeated
+    sizes = [
+        GaussianMixtureModel.load(str(model_dir / f"batch-{v:012d}")).updateSchedule["batchRows"]
+        for v in versions
+    ]
+    assert sum(sizes) == len(batches) * rows and all(s % rows == 0 for s in sizes), sizes
+    want, first = GaussianMixtureModel.load(str(tmp_path / "start")), 0
+    for size in sizes:
+        files = batches[first : first + size // rows]
+        want = want.update(_frame(spark, np.vstack(files)), decayFactor=0.9)
+        first += len(files)
     final = resumed.latestModel(spark)
-    assert final.updateCount == 5 and final.updateRows == 2_000
+    assert final.updateCount == len(versions) and final.updateRows == len(batches) * rows
     _assert_params_equal(final, want, 1e-10)
 
 
