@@ -66,6 +66,7 @@ __all__ = [
     "is_connect",
     "merge_target",
     "prepare",
+    "session_conf",
 ]
 
 log = logging.getLogger("spark_gmm")
@@ -193,7 +194,7 @@ def job_description(spark: Any, text: str) -> Iterator[None]:
 
 
 @contextmanager
-def _session_conf(spark: Any, values: dict[str, str]) -> Iterator[None]:
+def session_conf(spark: Any, values: dict[str, str]) -> Iterator[None]:
     """Set SQL confs for the duration of the block, then restore the caller's values."""
     conf = spark.conf
     previous = {key: conf.get(key, None) for key in values}
@@ -462,7 +463,7 @@ class DataFrameBlocks:
         self.spark = packed_df.sparkSession
         # One block per cached column batch: a batch of many blocks would be one large
         # array per column (the default batch is 10,000 rows, here 10,000 blocks).
-        with _session_conf(self.spark, {"spark.sql.inMemoryColumnarStorage.batchSize": "1"}):
+        with session_conf(self.spark, {"spark.sql.inMemoryColumnarStorage.batchSize": "1"}):
             self.df = packed_df.persist(level)
         # Spark Connect cannot tell the partition count without running a job.
         self.num_partitions = None if is_connect(packed_df) else packed_df.rdd.getNumPartitions()
@@ -476,7 +477,7 @@ class DataFrameBlocks:
         def summarize(batches):
             yield _summary_batch(_partition_summary(_arrow_records(batches), spec, itemsize))
 
-        with _session_conf(self.spark, {"spark.sql.inMemoryColumnarStorage.batchSize": "1"}):
+        with session_conf(self.spark, {"spark.sql.inMemoryColumnarStorage.batchSize": "1"}):
             rows = self.df.mapInArrow(summarize, _SUMMARY_SCHEMA).collect()
         return [(r["rows"], r["bytes"], r["summary"], r["n_bad"]) for r in rows]
 
@@ -491,7 +492,7 @@ class DataFrameBlocks:
     def _small_arrow_batches(self) -> Any:
         """Send the cached blocks a few at a time: with the default 10,000 records per
         Arrow batch a whole partition of blocks would become one Arrow batch."""
-        return _session_conf(self.spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": "16"})
+        return session_conf(self.spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": "16"})
 
     def run(self, fn: PassFn, payload: Any, aggregation_depth: int) -> Array:
         with self._small_arrow_batches():

@@ -6,12 +6,10 @@ Transforms take and return DataFrames; the only side effects are the writes at t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -668,20 +666,6 @@ def _delete(spark: Any, path: str) -> None:
     delete_path(spark, path)
 
 
-@contextlib.contextmanager
-def _session_conf(spark: Any, key: str, value: str) -> Iterator[None]:
-    """``key`` set to ``value`` in the session for the block, restored after it."""
-    before = spark.conf.get(key, None)
-    spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        if before is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, before)
-
-
 def _in_table_order(spark: Any, out: Any, table: str) -> Any:
     """``out``'s columns in ``table``'s order: ``insertInto`` matches by position, and a
     partitioned table keeps its partition columns last."""
@@ -726,8 +710,11 @@ def _write_scores(spark: Any, out: Any, config: Any) -> str:
         ):
             # insertInto ignores the writer's partitionOverwriteMode option: only the
             # session setting makes it replace just the partitions written.
+            from spark_gmm.engine import session_conf
+
             rows = _in_table_order(spark, out, config.output_table)
-            with _session_conf(spark, "spark.sql.sources.partitionOverwriteMode", "dynamic"):
+            dynamic = {"spark.sql.sources.partitionOverwriteMode": "dynamic"}
+            with session_conf(spark, dynamic):
                 rows.write.insertInto(config.output_table, overwrite=True)
         else:
             writer.format(config.output_format).saveAsTable(config.output_table)
