@@ -17,7 +17,8 @@ How one repeat is timed:
   BLAS thread, 8,192-row column-major blocks (what a Spark task computes, with no Spark).
 * scoring: ``transform`` of a cached input, forced with Spark's ``noop`` sink (every
   output column computed, nothing written) or written as Parquet; one repeat is the
-  mean of ``--score-passes`` (3) back-to-back passes, in seconds per pass.
+  mean of back-to-back passes, at least ``--score-passes`` (3) and at least
+  ``--score-seconds`` (5 s) of them, in seconds per pass.
 
 Cases (full sizes; ``--quick`` divides them):
 
@@ -295,6 +296,7 @@ class Suite:
     def __init__(self, args: argparse.Namespace) -> None:
         self.quick = args.quick
         self.score_passes = 1 if args.quick else args.score_passes
+        self.score_seconds = 0.0 if args.quick else args.score_seconds
         self.repeats = 1 if args.quick else args.repeats
         self.seed = args.seed
         self.scratch = tempfile.mkdtemp(prefix="bench_suite_")
@@ -512,11 +514,12 @@ def _score_once(output: Any, sink: str, path: str) -> float:
 
 
 def _score_passes(job: Callable[[], Any], sink: str, path: str, passes: int,
-                  batch_rows: int | None = None) -> float:
-    """Seconds per pass, over ``passes`` back-to-back scorings of ``job()`` to ``sink``.
+                  batch_rows: int | None = None, min_seconds: float = 0.0) -> float:
+    """Seconds per pass, over back-to-back scorings of ``job()`` to ``sink``: at least
+    ``passes`` of them, and more until ``min_seconds`` have passed.
 
-    A 1M-row pass takes 1-2 s here, short enough for one scheduler hiccup of this VM to
-    put a single pass at 1.6-1.9x its neighbours; a repeat of several passes averages
+    A 1M-row pass takes 0.6-2 s here, short enough for one scheduler hiccup of this VM
+    to put a single pass at 1.6-1.9x its neighbours; a repeat of several passes averages
     that out (each repeat is still one sample of the median). ``batch_rows`` sets
     Spark's Arrow batch size for these passes only (restored after).
     """
@@ -526,7 +529,10 @@ def _score_passes(job: Callable[[], Any], sink: str, path: str, passes: int,
     if batch_rows is not None:
         spark.conf.set(conf, str(batch_rows))
     try:
-        return sum(_score_once(job(), sink, path) for _ in range(passes)) / passes
+        times: list[float] = []
+        while len(times) < passes or sum(times) < min_seconds:
+            times.append(_score_once(job(), sink, path))
+        return sum(times) / len(times)
     finally:
         spark.conf.set(conf, before)
 
@@ -577,7 +583,8 @@ def case_score(s: Suite) -> None:
                  pairs: list[tuple[str, str]] = pairs, batches: dict[str, int] = batches) -> None:
             for sink, name in pairs:
                 s.add(f"score {label} {sink} {name}",
-                      _score_passes(jobs[name], sink, path, s.score_passes, batches.get(name)))
+                      _score_passes(jobs[name], sink, path, s.score_passes, batches.get(name),
+                                    min_seconds=s.score_seconds))
 
         s.rounds(f"score {label}", body)
         if computed is not None:
@@ -746,6 +753,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--score-passes", type=int, default=3,
                         help="scorings per timed repeat of the score case (seconds per pass)")
+    parser.add_argument("--score-seconds", type=float, default=5.0,
+                        help="and more scorings until a repeat has lasted this long")
     parser.add_argument("--cases", default=",".join(ALL_CASES))
     parser.add_argument("--output-dir", default=str(HERE / "results"))
     args = parser.parse_args()
