@@ -26,6 +26,13 @@ path fails on any ``VectorUDT`` in the rows, whether a passed-through ``features
 or the UDF's own output ("Unsupported data type UDT"). :func:`row_based_input` keeps the
 scan row-based under the UDF when that option is on.
 
+The Arrow batch size is the session's (``spark.sql.execution.arrow.maxRecordsPerBatch``,
+10,000 rows by default). ``benchmarks/bench_suite.py --cases score`` times our transform
+at 50,000-row batches beside it: no gain beyond the noise (see
+``benchmarks/results/scoring/suite.md``), so ``transform`` leaves the setting alone. It
+could not set it per query anyway: Spark reads it when it plans the query, at the action,
+not when ``transform`` returns.
+
 Rows the model cannot score follow ``handleInvalid``: ``error`` raises (naming the
 columns and the count in the batch), ``skip`` and ``keep`` give null outputs (``skip``
 then drops them in the JVM).
