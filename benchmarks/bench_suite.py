@@ -37,6 +37,9 @@ Cases (full sizes; ``--quick`` divides them):
                  50,000-row Arrow batches against Spark's default 10,000 (1M x 16 noop)
 ``score_job``    read Parquet, score, write Parquet: the score job against the same
                  pipeline built on MLlib's model
+``score_floors`` 1M x 16 k=8 noop (on demand, not in ``make bench``): ours and MLlib's
+                 transform beside the round trip floor and an output floor (our exact
+                 output type filled with zeros, no maths)
 ``missing``      full 1M x 16, k=8: an iteration with handleMissing="marginalize" on the
                  rows with 10% of them missing 1 to 3 coordinates, against the default
                  fit's iteration on the complete rows
@@ -591,6 +594,56 @@ def case_score(s: Suite) -> None:
             computed.unpersist()
 
 
+def case_score_floors(s: Suite) -> None:
+    """1M x 16, k=8, noop: where our transform's time goes. Beside ours and MLlib's: the
+    round trip floor (one double out), and the output floor: a UDF with our transform's
+    exact output type (prediction, a VectorUDT of k values, log-likelihood) filled with
+    zeros, no maths, selected like our output (input columns, then the outputs)."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql import types as T
+    from pyspark.sql.functions import arrow_udf
+
+    from spark_gmm.scoring import dense_vectors
+
+    n, d, k = s.size("score_full")
+    df = s.data.frame(n, d, k)
+    models = _fit_models(s, df, k, "full")
+    returns = T.StructType([T.StructField("prediction", T.IntegerType()),
+                            T.StructField("probability", VectorUDT()),
+                            T.StructField("loglik", T.DoubleType())])
+
+    @arrow_udf("double")  # type: ignore[call-overload]
+    def round_trip(x: pa.Array) -> pa.Array:
+        return pa.array(np.zeros(len(x)))
+
+    @arrow_udf(returns)  # type: ignore[call-overload]
+    def zeros_out(x: pa.Array) -> pa.Array:
+        rows = len(x)
+        offsets = pa.array(np.arange(0, (rows + 1) * k, k, dtype=np.int32))
+        proba = pa.ListArray.from_arrays(offsets, pa.array(np.zeros(rows * k)))
+        return pa.StructArray.from_arrays(
+            [pa.array(np.zeros(rows, dtype=np.int32)), dense_vectors(proba),
+             pa.array(np.zeros(rows))], names=returns.names)
+
+    jobs = {name: (lambda m=m: m.transform(df)) for name, m in models.items()}
+    jobs["round trip floor"] = lambda: df.select(
+        "id", round_trip(vector_to_array(df["features"])).alias("x"))
+    jobs["output floor"] = lambda: df.select(
+        "*", zeros_out(vector_to_array(df["features"])).alias("out")
+    ).select("id", "features", "out.prediction", "out.probability")
+    path = os.path.join(s.scratch, "scored")
+    for job in jobs.values():  # warm-up
+        _score_once(job(), "noop", path)
+
+    def body(_: int) -> None:
+        for name, job in jobs.items():
+            s.add(f"score_floors {name}",
+                  _score_passes(job, "noop", path, s.score_passes, min_seconds=s.score_seconds))
+
+    s.rounds("score_floors", body)
+
+
 def case_score_job(s: Suite) -> None:
     """read Parquet -> score -> write Parquet: the score job vs MLlib's pipeline."""
     from pyspark.ml.clustering import GaussianMixtureModel as MLlibModel
@@ -678,7 +731,8 @@ def case_missing(s: Suite) -> None:
 CASES: dict[str, Callable[[Suite], None]] = {
     "fit_full": case_fit_full, "fit_full64": case_fit_full64, "fit_diag": case_fit_diag,
     "scaling": case_scaling, "driver": case_driver, "ninit": case_ninit,
-    "score": case_score, "score_job": case_score_job, "init_cost": case_init_cost,
+    "score": case_score, "score_job": case_score_job, "score_floors": case_score_floors,
+    "init_cost": case_init_cost,
     "missing": case_missing,
 }
 
@@ -707,6 +761,10 @@ def derive(s: Suite) -> dict[str, float]:
             m(f"score {label} {sink} {MLLIB}") / m(f"score {label} {sink} {OURS}")
         )
     out["score_job MLlib/ours"] = m(f"score_job {MLLIB}") / m(f"score_job {OURS}")
+    out["score_floors round trip/MLlib"] = m("score_floors round trip floor") / m(
+        f"score_floors {MLLIB}")
+    out["score_floors output floor/MLlib"] = m("score_floors output floor") / m(
+        f"score_floors {MLLIB}")
     out["init_cost short-em/kmeans"] = m("init_cost short-em") / m("init_cost kmeans")
     out["init_cost short-em/kmeans x4"] = m("init_cost short-em") / m("init_cost kmeans x4")
     out["missing marginalize/complete"] = m("missing marginalize") / m("missing complete")
