@@ -540,7 +540,9 @@ def _score_passes(job: Callable[[], Any], sink: str, path: str, passes: int,
         spark.conf.set(conf, before)
 
 
-def case_score(s: Suite) -> None:
+def _round_trip_floor(df: Any) -> Any:
+    """The Python round trip alone: the same input as our transform's UDF gets (the
+    vector as ``array<double>``) into an Arrow UDF that returns one zero per row."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql.functions import arrow_udf
 
@@ -548,6 +550,10 @@ def case_score(s: Suite) -> None:
     def round_trip(x: pa.Array) -> pa.Array:
         return pa.array(np.zeros(len(x)))
 
+    return df.select("id", round_trip(vector_to_array(df["features"])).alias("x"))
+
+
+def case_score(s: Suite) -> None:
     path = os.path.join(s.scratch, "scored")
     for label, key, ct, sinks in (
         ("1M x 16", "score_full", "full", ("noop", "parquet")),
@@ -564,10 +570,7 @@ def case_score(s: Suite) -> None:
             # bigger batch would pay for the round trip (the scorer keeps the default).
             jobs[BIG_BATCH] = jobs[OURS]
             batches[BIG_BATCH] = 50_000
-        # The same input as our transform's UDF gets (the vector as array<double>).
-        jobs["round trip floor"] = lambda df=df: df.select(
-            "id", round_trip(vector_to_array(df["features"])).alias("x")
-        )
+        jobs["round trip floor"] = lambda df=df: _round_trip_floor(df)
         computed = None
         if "parquet" in sinks and MLLIB in models:
             computed = models[MLLIB].transform(df).cache()
@@ -613,10 +616,6 @@ def case_score_floors(s: Suite) -> None:
                             T.StructField("probability", VectorUDT()),
                             T.StructField("loglik", T.DoubleType())])
 
-    @arrow_udf("double")  # type: ignore[call-overload]
-    def round_trip(x: pa.Array) -> pa.Array:
-        return pa.array(np.zeros(len(x)))
-
     @arrow_udf(returns)  # type: ignore[call-overload]
     def zeros_out(x: pa.Array) -> pa.Array:
         rows = len(x)
@@ -627,8 +626,7 @@ def case_score_floors(s: Suite) -> None:
              pa.array(np.zeros(rows))], names=returns.names)
 
     jobs = {name: (lambda m=m: m.transform(df)) for name, m in models.items()}
-    jobs["round trip floor"] = lambda: df.select(
-        "id", round_trip(vector_to_array(df["features"])).alias("x"))
+    jobs["round trip floor"] = lambda: _round_trip_floor(df)
     jobs["output floor"] = lambda: df.select(
         "*", zeros_out(vector_to_array(df["features"])).alias("out")
     ).select("id", "features", "out.prediction", "out.probability")
