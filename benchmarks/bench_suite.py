@@ -516,7 +516,7 @@ def _score_once(output: Any, sink: str, path: str) -> float:
     return seconds
 
 
-def _score_passes(job: Callable[[], Any], sink: str, path: str, passes: int,
+def _score_passes(spark: Any, job: Callable[[], Any], sink: str, path: str, passes: int,
                   batch_rows: int | None = None, min_seconds: float = 0.0) -> float:
     """Seconds per pass, over back-to-back scorings of ``job()`` to ``sink``: at least
     ``passes`` of them, and more until ``min_seconds`` have passed.
@@ -526,18 +526,15 @@ def _score_passes(job: Callable[[], Any], sink: str, path: str, passes: int,
     that out (each repeat is still one sample of the median). ``batch_rows`` sets
     Spark's Arrow batch size for these passes only (restored after).
     """
-    conf = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    spark = job().sparkSession
-    before = spark.conf.get(conf)
-    if batch_rows is not None:
-        spark.conf.set(conf, str(batch_rows))
-    try:
+    from spark_gmm.engine import session_conf
+
+    batch = {} if batch_rows is None else {
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_rows)}
+    with session_conf(spark, batch):
         times: list[float] = []
         while len(times) < passes or sum(times) < min_seconds:
             times.append(_score_once(job(), sink, path))
         return sum(times) / len(times)
-    finally:
-        spark.conf.set(conf, before)
 
 
 def _round_trip_floor(df: Any) -> Any:
@@ -583,14 +580,14 @@ def case_score(s: Suite) -> None:
         # plan compiles its writer path; warmed on noop only, round 1 came out 1.3-1.5x
         # the others).
         for sink, name in pairs:
-            _score_passes(jobs[name], sink, path, 1, batches.get(name))
+            _score_passes(s.spark, jobs[name], sink, path, 1, batches.get(name))
 
         def body(_: int, label: str = label, jobs: dict[str, Any] = jobs,
                  pairs: list[tuple[str, str]] = pairs, batches: dict[str, int] = batches) -> None:
             for sink, name in pairs:
                 s.add(f"score {label} {sink} {name}",
-                      _score_passes(jobs[name], sink, path, s.score_passes, batches.get(name),
-                                    min_seconds=s.score_seconds))
+                      _score_passes(s.spark, jobs[name], sink, path, s.score_passes,
+                                    batches.get(name), min_seconds=s.score_seconds))
 
         s.rounds(f"score {label}", body)
         if computed is not None:
@@ -637,7 +634,8 @@ def case_score_floors(s: Suite) -> None:
     def body(_: int) -> None:
         for name, job in jobs.items():
             s.add(f"score_floors {name}",
-                  _score_passes(job, "noop", path, s.score_passes, min_seconds=s.score_seconds))
+                  _score_passes(s.spark, job, "noop", path, s.score_passes,
+                                min_seconds=s.score_seconds))
 
     s.rounds("score_floors", body)
 
