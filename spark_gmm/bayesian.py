@@ -88,6 +88,14 @@ class _BayesianParams(_ShapeParams):
         "diag, 1 for spherical; unset: the data's covariance (variances, their mean).",
         typeConverter=TypeConverters.toListFloat,
     )
+    mergeComponents: Param[bool] = Param(
+        Params._dummy(),
+        "mergeComponents",
+        "After each pass, merge two components when that raises the lower bound (merge "
+        "moves): empties the components the initialisation cut out of one cluster, which "
+        "coordinate ascent alone keeps. False: sklearn's iterations exactly.",
+        typeConverter=TypeConverters.toBoolean,
+    )
     effectiveKThreshold: Param[float] = Param(
         Params._dummy(),
         "effectiveKThreshold",
@@ -100,6 +108,7 @@ class _BayesianParams(_ShapeParams):
         super().__init__(*args)
         self._setDefault(
             weightConcentrationPriorType="dirichlet_process",
+            mergeComponents=True,
             effectiveKThreshold=0.01,
             # sklearn's BayesianGaussianMixture defaults: k-means responsibilities, one run.
             initMode="kmeans",
@@ -111,6 +120,9 @@ class _BayesianParams(_ShapeParams):
 
     def getEffectiveKThreshold(self) -> float:
         return self.getOrDefault(self.effectiveKThreshold)
+
+    def getMergeComponents(self) -> bool:
+        return self.getOrDefault(self.mergeComponents)
 
     def _prior_overrides(self) -> dict[str, Any]:
         """The priors set by the user (None: sklearn's data-derived default)."""
@@ -242,6 +254,7 @@ class BayesianGaussianMixture(
         meanPrior: list[float] | None = None,
         degreesOfFreedomPrior: float | None = None,
         covariancePrior: list[float] | None = None,
+        mergeComponents: bool = True,
         effectiveKThreshold: float = 0.01,
     ) -> None:
         super().__init__()
@@ -276,6 +289,9 @@ class BayesianGaussianMixture(
 
     def setCovariancePrior(self, value: list[float]) -> BayesianGaussianMixture:
         return self._set(covariancePrior=value)
+
+    def setMergeComponents(self, value: bool) -> BayesianGaussianMixture:
+        return self._set(mergeComponents=value)
 
     def setEffectiveKThreshold(self, value: float) -> BayesianGaussianMixture:
         return self._set(effectiveKThreshold=value)
@@ -327,7 +343,9 @@ class BayesianGaussianMixture(
                     },
                 ),
                 resume=self.getResumeFromCheckpoint(),
-                variant=Variational(priors, self.getRegCovar()),
+                variant=Variational(
+                    priors, self.getRegCovar(), merges=self.getMergeComponents()
+                ),
             )
         except FloatingPointError:
             raise InvalidInputError(_OVERFLOW) from None

@@ -196,6 +196,17 @@ class Variant(Protocol):
 
     def rank(self, candidate: Candidate) -> float: ...
 
+    def refine(
+        self, stats: SufficientStatistics, params: Any, objective: float
+    ) -> tuple[Any, float, bool]:
+        """A move after the M-step (the variational merges): the parameters, their
+        objective, and whether they changed."""
+        ...
+
+    def tol_scale(self, total_weight: float) -> float:
+        """``tol`` applies to the change of the objective divided by this."""
+        ...
+
 
 @dataclass(frozen=True)
 class MaximumLikelihood:
@@ -226,21 +237,35 @@ class MaximumLikelihood:
     def rank(self, candidate: Candidate) -> float:
         return candidate.final_log_likelihood
 
+    def refine(
+        self, stats: SufficientStatistics, params: Any, objective: float
+    ) -> tuple[Any, float, bool]:
+        return params, objective, False
+
+    def tol_scale(self, total_weight: float) -> float:
+        return 1.0  # the objective is already a mean
+
 
 @dataclass(frozen=True)
 class Variational:
     """Variational Bayes (:mod:`spark_gmm.variational`): the objective is sklearn's
-    lower bound after each M-step (a total, not a mean, as sklearn's ``tol`` applies to
-    it); the best start has the highest lower bound."""
+    lower bound after each M-step (a total, as sklearn's ``lower_bound_``); ``tol``
+    applies to its change per unit of weight, the "average gain" that sklearn's
+    documentation of ``tol`` describes, so that it means at a billion rows what it
+    means at a thousand. The best start has the highest lower bound. With ``merges``,
+    every pass also weighs merging pairs of components
+    (:func:`spark_gmm.variational.merge_components`)."""
 
     priors: Any  # spark_gmm.variational.Priors
     reg_covar: float
     objective_name: str = "lower bound"
+    merges: bool = False
 
     def task(self, params: Any) -> kernels.Task:
-        from spark_gmm.variational import scoring_parameters
+        from spark_gmm.variational import merge_candidates, scoring_parameters
 
-        return kernels.VariationalTask(scoring_parameters(params))
+        pairs = merge_candidates(params, self.priors) if self.merges else None
+        return kernels.VariationalTask(scoring_parameters(params), pairs)
 
     def m_step(self, stats: SufficientStatistics) -> Any:
         from spark_gmm import variational
@@ -262,6 +287,27 @@ class Variational:
 
     def rank(self, candidate: Candidate) -> float:
         return candidate.history[-1] if candidate.history else float("-inf")
+
+    def refine(
+        self, stats: SufficientStatistics, params: Any, objective: float
+    ) -> tuple[Any, float, bool]:
+        from spark_gmm.variational import merge_components
+
+        merged_params, bound, merged = merge_components(
+            stats, self.priors, self.reg_covar, objective
+        )
+        if merged_params is None:
+            return params, objective, False
+        log.info(
+            "merged components %s: lower bound %.10g -> %.10g",
+            ", ".join(f"{b} into {a}" for a, b in merged),
+            objective,
+            bound,
+        )
+        return merged_params, bound, True
+
+    def tol_scale(self, total_weight: float) -> float:
+        return total_weight
 
 
 @dataclass
@@ -510,9 +556,13 @@ def _iterate(
                 assert cand.error is not None
                 _fail(cand, cand.error, quiet, f"at iteration {iteration}")
                 continue
-            cand.history.append(variant.objective(stats, cand.params))
+            objective = variant.objective(stats, cand.params)
+            cand.params, objective, moved = variant.refine(stats, cand.params, objective)
+            cand.history.append(objective)
             cand.n_iter = iteration
-            if len(cand.history) > 1 and abs(cand.history[-1] - cand.history[-2]) < tol:
+            change = abs(cand.history[-1] - cand.history[-2]) if len(cand.history) > 1 else None
+            scaled_tol = tol * variant.tol_scale(stats.total_weight)
+            if not moved and change is not None and change < scaled_tol:
                 cand.converged = True
         seconds.append(time.perf_counter() - t0)
         ran = [c for c in live if c.error is None]
@@ -547,9 +597,9 @@ def _iterate(
             cand.final_log_likelihood = stats.log_likelihood
             cand.final_counts = stats.counts
             cand.final_total_weight = stats.total_weight
-            objective = variant.final_objective(stats)
-            if objective is not None:
-                cand.history.append(objective)
+            final_objective = variant.final_objective(stats)
+            if final_objective is not None:
+                cand.history.append(final_objective)
     return seconds
 
 
@@ -732,9 +782,11 @@ def fit_em(
     if not result.converged:
         steps = result.history[-2:]
         change = steps[-1] - steps[0] if len(steps) == 2 else float("nan")
+        scale = chosen.tol_scale(result.total_weight)
+        per = "" if scale == 1.0 else " per unit of weight"
         msg = (
             f"EM did not converge in maxIter={max_iter} iterations (last change of the "
-            f"{chosen.objective_name} {change:.3g} > tol={tol}). "
+            f"{chosen.objective_name}{per} {change / scale:.3g} > tol={tol}). "
             "Increase maxIter or tol, or check the data scaling."
         )
         log.warning("%s", msg)

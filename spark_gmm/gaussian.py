@@ -47,6 +47,7 @@ __all__ = [
     "predict_proba",
     "score_and_proba",
     "score_samples",
+    "shifted",
 ]
 
 Array = NDArray[np.float64]
@@ -548,6 +549,14 @@ class SufficientStatistics:
     resp_log_resp : float
         ``sum_i w_i sum_j r_ij log r_ij``, when asked for (the variational lower bound
         needs it; see :func:`block_statistics`); not part of :meth:`to_flat`.
+    merge_pairs : ndarray of shape (n_pairs, 2) or None
+        Pairs of components (a < b) whose merge the variational fit will weigh; with it
+        come the next two attributes, also not part of :meth:`to_flat`.
+    resp_log_resp_by_component : ndarray of shape (k,) or None
+        ``sum_i w_i r_ij log r_ij`` for each component j (they sum to ``resp_log_resp``).
+    merged_resp_log_resp : ndarray of shape (n_pairs,) or None
+        ``sum_i w_i (r_ia + r_ib) log(r_ia + r_ib)`` for each pair of ``merge_pairs``:
+        the entropy term of the responsibilities if a and b were one component.
     """
 
     covariance_type: str
@@ -559,6 +568,9 @@ class SufficientStatistics:
     total_weight: float
     counts: Array
     resp_log_resp: float = 0.0
+    merge_pairs: NDArray[np.intp] | None = None
+    resp_log_resp_by_component: Array | None = None
+    merged_resp_log_resp: Array | None = None
 
     @classmethod
     def zeros(cls, covariance_type: str, centres: Array) -> SufficientStatistics:
@@ -584,6 +596,15 @@ class SufficientStatistics:
         self.total_weight += other.total_weight
         self.counts += other.counts
         self.resp_log_resp += other.resp_log_resp
+        if other.merged_resp_log_resp is not None:
+            if self.merged_resp_log_resp is None:
+                self.merge_pairs = other.merge_pairs
+                self.resp_log_resp_by_component = np.zeros_like(other.nk)
+                self.merged_resp_log_resp = np.zeros(len(other.merged_resp_log_resp))
+            assert self.resp_log_resp_by_component is not None
+            assert other.resp_log_resp_by_component is not None
+            self.resp_log_resp_by_component += other.resp_log_resp_by_component
+            self.merged_resp_log_resp += other.merged_resp_log_resp
         return self
 
     # Serialisation: a flat float64 vector. For full covariances only the upper triangle
@@ -650,6 +671,46 @@ class SufficientStatistics:
             float(flat[1]),
             counts,
         )
+
+
+def shifted(stats: SufficientStatistics, centres: Array) -> SufficientStatistics:
+    """The same statistics centred on ``centres`` instead of ``stats.centres``.
+
+    With ``delta = old - new`` centre: ``x - new = (x - old) + delta``, so
+    ``sk' = sk + nk delta`` and ``S' = S + sk delta' + delta sk' + nk delta delta'``.
+    """
+    centres = np.asarray(centres, dtype=np.float64)
+    delta = stats.centres - centres
+    nk, sk = stats.nk, stats.sk
+    cross = sk * delta  # diagonal terms of sk delta'
+    ct = stats.covariance_type
+    if ct == "full":
+        scatter = (
+            stats.scatter
+            + np.einsum("ki,kj->kij", sk, delta)
+            + np.einsum("ki,kj->kij", delta, sk)
+            + np.einsum("k,ki,kj->kij", nk, delta, delta)
+        )
+    elif ct == "tied":
+        scatter = (
+            stats.scatter
+            + np.einsum("ki,kj->ij", sk, delta)
+            + np.einsum("ki,kj->ij", delta, sk)
+            + np.einsum("k,ki,kj->ij", nk, delta, delta)
+        )
+    else:
+        scatter = stats.scatter + 2.0 * cross + nk[:, None] * delta**2
+    return SufficientStatistics(
+        ct,
+        centres.copy(),
+        nk.copy(),
+        sk + nk[:, None] * delta,
+        scatter,
+        stats.log_likelihood,
+        stats.total_weight,
+        stats.counts.copy(),
+        stats.resp_log_resp,
+    )
 
 
 # A component's rows are gathered when at most this share of them has a non-zero
@@ -766,6 +827,7 @@ def block_statistics(
     sample_weight: Array | None,
     params: MixtureParameters,
     resp_log_resp: bool = False,
+    merge_pairs: NDArray[np.intp] | None = None,
 ) -> SufficientStatistics:
     """E-step on a block of rows, reduced to sufficient statistics centred on the means.
 
@@ -779,6 +841,9 @@ def block_statistics(
         The parameters of the current iteration.
     resp_log_resp : bool
         Also compute ``sum_i w_i sum_j r_ij log r_ij`` (one log per responsibility).
+    merge_pairs : ndarray of shape (n_pairs, 2) or None
+        Also compute the entropy terms of these merges (see
+        :class:`SufficientStatistics`); implies ``resp_log_resp``.
 
     Returns
     -------
@@ -788,13 +853,17 @@ def block_statistics(
     stats = SufficientStatistics.zeros(params.covariance_type, params.means)
     n = X.shape[0]
     if n == 0:
+        if merge_pairs is not None:
+            _merge_entropies(np.zeros((params.n_components, 0)), None, merge_pairs, stats)
         return stats
     XT = np.ascontiguousarray(X.T)
     log_prob_norm, resp_t = _log_normalize_t(_weighted_log_prob_t(XT, params))
     stats.counts = np.bincount(np.argmax(resp_t, axis=0), minlength=params.n_components).astype(
         np.float64
     )
-    if resp_log_resp:
+    if merge_pairs is not None:
+        _merge_entropies(resp_t, sample_weight, merge_pairs, stats)
+    elif resp_log_resp:
         logs = np.zeros_like(resp_t)
         np.log(resp_t, out=logs, where=resp_t > 0.0)  # 0 log 0 = 0
         per_row = np.einsum("kn,kn->n", resp_t, logs)
@@ -809,6 +878,39 @@ def block_statistics(
         resp_t *= sample_weight
     _accumulate_weighted_t(XT, resp_t, stats)
     return stats
+
+
+# Pairs whose merged responsibilities are formed at once: bounds the temporary to
+# this many times the block's rows.
+_PAIRS_PER_CHUNK = 32
+
+
+def _x_log_x_sums(values: Array, sample_weight: Array | None) -> Array:
+    """``sum_i w_i v_ji log v_ji`` for each row j of ``values`` (0 log 0 = 0); overwrites
+    ``values``."""
+    logs = np.zeros_like(values)
+    np.log(values, out=logs, where=values > 0.0)
+    values *= logs
+    return values.sum(axis=1) if sample_weight is None else values @ sample_weight
+
+
+def _merge_entropies(
+    resp_t: Array,
+    sample_weight: Array | None,
+    merge_pairs: NDArray[np.intp],
+    stats: SufficientStatistics,
+) -> None:
+    """The entropy terms of :class:`SufficientStatistics` for ``merge_pairs``."""
+    by_component = _x_log_x_sums(resp_t.copy(), sample_weight)
+    merged = np.empty(len(merge_pairs))
+    for start in range(0, len(merge_pairs), _PAIRS_PER_CHUNK):
+        pairs = merge_pairs[start : start + _PAIRS_PER_CHUNK]
+        summed = resp_t[pairs[:, 0]] + resp_t[pairs[:, 1]]
+        merged[start : start + len(pairs)] = _x_log_x_sums(summed, sample_weight)
+    stats.resp_log_resp = float(by_component.sum())
+    stats.resp_log_resp_by_component = by_component
+    stats.merge_pairs = merge_pairs
+    stats.merged_resp_log_resp = merged
 
 
 def nearest_centre(X: Array, centres: Array) -> NDArray[np.intp]:

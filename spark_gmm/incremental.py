@@ -21,7 +21,8 @@ Two schedules choose ``(a_t, b_t)`` (:class:`Schedule`):
   to 1; the M-step does not depend on their scale.
 
 Statistics computed around different centres are blended after shifting one onto the
-other's centres (exact algebra, :func:`shifted`): no ``E[x^2] - mu^2`` cancellation.
+other's centres (exact algebra, :func:`spark_gmm.gaussian.shifted`): no
+``E[x^2] - mu^2`` cancellation.
 
 A component whose share of the running weight falls below :data:`REBORN_WEIGHT` (it
 has had no rows for a long time) is re-seeded by splitting the heaviest component in
@@ -50,6 +51,7 @@ from spark_gmm.gaussian import (
     SufficientStatistics,
     compute_precision_cholesky,
     gaussian_estimates,
+    shifted,
 )
 
 __all__ = [
@@ -59,7 +61,6 @@ __all__ = [
     "blend",
     "from_parameters",
     "recentred",
-    "shifted",
     "update_parameters",
 ]
 
@@ -161,46 +162,6 @@ class Schedule:
 # ---------------------------------------------------------------------------
 # Statistics algebra
 # ---------------------------------------------------------------------------
-
-
-def shifted(stats: SufficientStatistics, centres: Array) -> SufficientStatistics:
-    """The same statistics centred on ``centres`` instead of ``stats.centres``.
-
-    With ``delta = old - new`` centre: ``x - new = (x - old) + delta``, so
-    ``sk' = sk + nk delta`` and ``S' = S + sk delta' + delta sk' + nk delta delta'``.
-    """
-    centres = np.asarray(centres, dtype=np.float64)
-    delta = stats.centres - centres
-    nk, sk = stats.nk, stats.sk
-    cross = sk * delta  # diagonal terms of sk delta'
-    ct = stats.covariance_type
-    if ct == "full":
-        scatter = (
-            stats.scatter
-            + np.einsum("ki,kj->kij", sk, delta)
-            + np.einsum("ki,kj->kij", delta, sk)
-            + np.einsum("k,ki,kj->kij", nk, delta, delta)
-        )
-    elif ct == "tied":
-        scatter = (
-            stats.scatter
-            + np.einsum("ki,kj->ij", sk, delta)
-            + np.einsum("ki,kj->ij", delta, sk)
-            + np.einsum("k,ki,kj->ij", nk, delta, delta)
-        )
-    else:
-        scatter = stats.scatter + 2.0 * cross + nk[:, None] * delta**2
-    return SufficientStatistics(
-        ct,
-        centres.copy(),
-        nk.copy(),
-        sk + nk[:, None] * delta,
-        scatter,
-        stats.log_likelihood,
-        stats.total_weight,
-        stats.counts.copy(),
-        stats.resp_log_resp,
-    )
 
 
 def recentred(stats: SufficientStatistics) -> SufficientStatistics:

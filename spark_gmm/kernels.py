@@ -79,9 +79,12 @@ class EMTask:
 class VariationalTask:
     """E-step of a variational posterior (``params`` from
     :func:`spark_gmm.variational.scoring_parameters`): the EM statistics plus
-    ``sum r log r`` for the lower bound, shipped as one more number."""
+    ``sum r log r`` for the lower bound, shipped as one more number; with
+    ``merge_pairs``, also the per-component and merged entropy terms that weigh those
+    merges (``k + n_pairs`` more numbers)."""
 
     params: MixtureParameters
+    merge_pairs: NDArray[np.intp] | None = None
 
     def __post_init__(self) -> None:
         _strip_covariances(self)
@@ -89,15 +92,26 @@ class VariationalTask:
     @property
     def flat_size(self) -> int:
         p = self.params
-        return SufficientStatistics.flat_size(p.covariance_type, p.n_components, p.n_features) + 1
+        size = SufficientStatistics.flat_size(p.covariance_type, p.n_components, p.n_features)
+        if self.merge_pairs is not None:
+            size += p.n_components + len(self.merge_pairs)
+        return size + 1
 
     def statistics(self, X: Array, w: Array | None) -> _WithEntropy:
-        return _WithEntropy(block_statistics(X, w, self.params, resp_log_resp=True))
+        return _WithEntropy(
+            block_statistics(X, w, self.params, resp_log_resp=True, merge_pairs=self.merge_pairs)
+        )
 
     def unflatten(self, flat: Array) -> SufficientStatistics:
         p = self.params
-        stats = SufficientStatistics.from_flat(flat[:-1], p.covariance_type, p.means)
+        base = SufficientStatistics.flat_size(p.covariance_type, p.n_components, p.n_features)
+        stats = SufficientStatistics.from_flat(flat[:base], p.covariance_type, p.means)
         stats.resp_log_resp = float(flat[-1])
+        if self.merge_pairs is not None:
+            k = p.n_components
+            stats.merge_pairs = self.merge_pairs
+            stats.resp_log_resp_by_component = flat[base : base + k].copy()
+            stats.merged_resp_log_resp = flat[base + k : -1].copy()
         return stats
 
 
@@ -106,7 +120,12 @@ class _WithEntropy:
     stats: SufficientStatistics
 
     def to_flat(self) -> Array:
-        return np.concatenate([self.stats.to_flat(), [self.stats.resp_log_resp]])
+        s = self.stats
+        parts = [s.to_flat()]
+        if s.merged_resp_log_resp is not None:
+            assert s.resp_log_resp_by_component is not None
+            parts += [s.resp_log_resp_by_component, s.merged_resp_log_resp]
+        return np.concatenate([*parts, [s.resp_log_resp]])
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from spark_gmm.errors import GaussianMixtureError
 from spark_gmm.gaussian import (
     MixtureParameters,
     SufficientStatistics,
     compute_precision_cholesky,
     gaussian_estimates,
+    shifted,
 )
 
 __all__ = [
@@ -41,6 +43,9 @@ __all__ = [
     "log_offsets",
     "lower_bound",
     "m_step",
+    "merge_candidates",
+    "merge_components",
+    "merged_statistics",
     "scoring_parameters",
 ]
 
@@ -376,3 +381,153 @@ def lower_bound(vp: VariationalParameters, resp_log_resp: float) -> float:
 def effective_components(weights: Array, threshold: float) -> int:
     """Components whose expected weight exceeds ``threshold``."""
     return int(np.sum(np.asarray(weights) > threshold))
+
+
+# ---------------------------------------------------------------------------
+# Merge moves
+# ---------------------------------------------------------------------------
+#
+# Coordinate ascent cannot empty a component that the initialisation cut out of a true
+# cluster: each half keeps thousands of rows, so the prior's pull on it is nothing
+# against the data's. A merge move (Hughes & Sudderth 2013, "Memoized online
+# variational inference for Dirichlet process mixture models") proposes the
+# responsibilities r_a + r_b for one component and nothing for the other, and keeps the
+# proposal when its lower bound is higher. The bound after the M-step needs only the
+# merged statistics (exact: sums add once re-centred) and the merged sum of
+# r log r, which the E-step pass computes for the candidate pairs. Every accepted move
+# raises the bound, so the fit still climbs it monotonically.
+
+# Pairs among at most this many live components are all weighed (300 pairs at 25);
+# beyond it, each live component with its _NEIGHBOURS nearest.
+_ALL_PAIRS_UP_TO = 25
+_NEIGHBOURS = 4
+# A component holding less than this share of the weight is empty: no merge is weighed
+# for it (it has nothing to give).
+_LIVE_SHARE = 1e-9
+# A merge must raise the bound by more than this, relative to its size, so that
+# rounding never flips a decision.
+_MERGE_MARGIN = 1e-12
+
+
+def _component_sizes(vp: VariationalParameters, priors: Priors) -> Array:
+    return np.asarray(vp.mean_precision - priors.mean_precision_prior)
+
+
+def merge_candidates(vp: VariationalParameters, priors: Priors) -> NDArray[np.intp] | None:
+    """The pairs (a < b) of live components whose merge the next pass will weigh.
+
+    Returns
+    -------
+    pairs : ndarray of shape (n_pairs, 2), or None when fewer than two components live
+        Every pair when at most 25 components live; else each live component with its
+        4 nearest by Mahalanobis distance between means, in the metric of the first.
+    """
+    nk = _component_sizes(vp, priors)
+    live = np.flatnonzero(nk > _LIVE_SHARE * nk.sum())
+    if len(live) < 2:
+        return None
+    if len(live) <= _ALL_PAIRS_UP_TO:
+        a, b = np.triu_indices(len(live), 1)
+        return np.stack([live[a], live[b]], axis=1).astype(np.intp)
+    diff = vp.means[live][None, :, :] - vp.means[live][:, None, :]  # [a, b] = m_b - m_a
+    pc, ct = vp.precisions_chol, vp.covariance_type
+    if ct == "full":
+        whitened = np.einsum("abi,aij->abj", diff, pc[live])
+    elif ct == "tied":
+        whitened = diff @ pc
+    elif ct == "diag":
+        whitened = diff * pc[live][:, None, :]
+    else:
+        whitened = diff * pc[live][:, None, None]
+    dist = np.sqrt(np.einsum("abj,abj->ab", whitened, whitened))
+    dist = np.minimum(dist, dist.T)
+    np.fill_diagonal(dist, np.inf)
+    nearest = np.argsort(dist, axis=1)[:, :_NEIGHBOURS]
+    pairs = {
+        (int(min(live[i], live[j])), int(max(live[i], live[j])))
+        for i in range(len(live))
+        for j in nearest[i]
+    }
+    return np.array(sorted(pairs), dtype=np.intp)
+
+
+def merged_statistics(stats: SufficientStatistics, a: int, b: int) -> SufficientStatistics:
+    """The statistics as if components ``a`` and ``b`` were one, kept in ``a`` and with
+    ``b`` empty: ``b``'s sums are re-centred on ``a``'s centre (exact), then added."""
+    centres = stats.centres.copy()
+    centres[b] = centres[a]
+    out = shifted(stats, centres)
+    for values in (out.nk, out.sk, out.counts):
+        values[a] += values[b]
+        values[b] = 0.0
+    if out.covariance_type != "tied":  # tied sums all components into one scatter
+        out.scatter[a] += out.scatter[b]
+        out.scatter[b] = 0.0
+    return out
+
+
+def merge_components(
+    stats: SufficientStatistics, priors: Priors, reg_covar: float, bound: float
+) -> tuple[VariationalParameters | None, float, list[tuple[int, int]]]:
+    """Accept the merges of ``stats.merge_pairs`` that raise the lower bound.
+
+    Each pair's bound is computed alone; then, best first, a pair that shares no
+    component with an accepted one is merged into the running statistics and kept if
+    the bound of everything accepted so far rises.
+
+    Parameters
+    ----------
+    stats : SufficientStatistics
+        From a pass with ``merge_pairs`` (its entropy terms set).
+    priors : Priors
+    reg_covar : float
+    bound : float
+        The lower bound without any merge (of the M-step of ``stats``).
+
+    Returns
+    -------
+    params : VariationalParameters or None
+        The posterior after the accepted merges; None when none was accepted.
+    bound : float
+        Its lower bound (``bound`` when none was accepted).
+    merged : list of (a, b)
+        The accepted pairs; each ``b`` is now empty.
+    """
+    pairs = stats.merge_pairs
+    by_component = stats.resp_log_resp_by_component
+    merged_rlr = stats.merged_resp_log_resp
+    if pairs is None or by_component is None or merged_rlr is None:
+        return None, bound, []
+    margin = _MERGE_MARGIN * max(1.0, abs(bound))
+
+    def evaluate(
+        base: SufficientStatistics, rlr: float, p: int
+    ) -> tuple[SufficientStatistics, float, VariationalParameters | None, float]:
+        a, b = int(pairs[p, 0]), int(pairs[p, 1])
+        candidate = merged_statistics(base, a, b)
+        rlr = rlr - by_component[a] - by_component[b] + merged_rlr[p]
+        try:
+            vp = m_step(candidate, priors, reg_covar)
+        except GaussianMixtureError:
+            return candidate, rlr, None, -math.inf
+        return candidate, rlr, vp, lower_bound(vp, rlr)
+
+    gains = np.array(
+        [evaluate(stats, stats.resp_log_resp, p)[3] - bound for p in range(len(pairs))]
+    )
+    best_vp: VariationalParameters | None = None
+    current, current_rlr, best_bound = stats, stats.resp_log_resp, bound
+    accepted: list[tuple[int, int]] = []
+    used: set[int] = set()
+    for p in np.argsort(-gains, kind="stable"):
+        if not gains[p] > margin:
+            break
+        a, b = int(pairs[p, 0]), int(pairs[p, 1])
+        if a in used or b in used:
+            continue
+        candidate, rlr, vp, new_bound = evaluate(current, current_rlr, int(p))
+        if vp is not None and new_bound > best_bound + margin:
+            current, current_rlr, best_bound, best_vp = candidate, rlr, new_bound, vp
+            accepted.append((a, b))
+            used.update((a, b))
+    return best_vp, best_bound, accepted

@@ -19,6 +19,7 @@ from spark_gmm.gaussian import (
     m_step,
     predict_proba,
     score_samples,
+    shifted,
 )
 from spark_gmm.incremental import (
     REBORN_WEIGHT,
@@ -26,7 +27,6 @@ from spark_gmm.incremental import (
     blend,
     from_parameters,
     recentred,
-    shifted,
     update_parameters,
 )
 
