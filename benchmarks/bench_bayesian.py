@@ -18,9 +18,9 @@ Two parts, one Spark session (``local[2]``, ``common.start_spark``):
 
 Usage::
 
-    python benchmarks/bench_bayesian.py            # ~30 minutes here
+    python benchmarks/bench_bayesian.py            # ~16 minutes here
     python benchmarks/bench_bayesian.py --quick    # 100k rows, one round, 2 seeds
-    python benchmarks/bench_bayesian.py --skip-grid   # without the BIC grid, ~20 minutes
+    python benchmarks/bench_bayesian.py --skip-grid   # without the BIC grid, ~7 minutes
 
 Writes ``bayesian.json`` and ``bayesian.md`` to ``--output-dir``.
 """

@@ -103,6 +103,7 @@ class FitConfig(TrainConfig):
     weight_concentration_prior_type: str | None = None
     weight_concentration_prior: float | None = None
     effective_k_threshold: float | None = None
+    merge_components: bool | None = None
 
 
 @dataclass
@@ -174,6 +175,7 @@ _TYPES: dict[str, type] = {
     "weight_concentration_prior_type": str,
     "weight_concentration_prior": float,
     "effective_k_threshold": float,
+    "merge_components": bool,
     "block_dtype": str,
     "max_block_size_mb": float,
     "decay_factor": float,
@@ -449,6 +451,13 @@ def _parser() -> argparse.ArgumentParser:
         dest="effective_k_threshold",
         type=float,
         help="bayesian: weight above which a component counts (default 0.01)",
+    )
+    fit.add_argument(
+        "--no-merge-components",
+        dest="merge_components",
+        action="store_const",
+        const=False,
+        help="bayesian: no merge moves (sklearn's iterations exactly)",
     )
     _estimator_flags(fit, "model directory to write", "directory for report.json and plots")
     select = sub.add_parser(

@@ -207,6 +207,7 @@ def build_fit_pipeline(config: Any) -> tuple[Any, Any]:
             "weightConcentrationPriorType": config.weight_concentration_prior_type,
             "weightConcentrationPrior": config.weight_concentration_prior,
             "effectiveKThreshold": config.effective_k_threshold,
+            "mergeComponents": config.merge_components,
         }
     else:
         gm = GaussianMixture(logLikelihoodCol="log_likelihood")

@@ -148,6 +148,7 @@ def _bayesian_section(gmm: Any) -> dict[str, Any]:
             "lower_bound": s.lowerBound,
             "lower_bound_history": s.lowerBoundHistory,
             "weight_concentration_prior_type": gmm.getWeightConcentrationPriorType(),
+            "merge_components": gmm.getMergeComponents(),
         }
     }
 

@@ -45,6 +45,7 @@ __all__ = [
     "m_step",
     "merge_candidates",
     "merge_components",
+    "merged_bound",
     "merged_statistics",
     "scoring_parameters",
 ]
@@ -453,10 +454,16 @@ def merge_candidates(vp: VariationalParameters, priors: Priors) -> NDArray[np.in
 
 def merged_statistics(stats: SufficientStatistics, a: int, b: int) -> SufficientStatistics:
     """The statistics as if components ``a`` and ``b`` were one, kept in ``a`` and with
-    ``b`` empty: ``b``'s sums are re-centred on ``a``'s centre (exact), then added."""
+    ``b`` empty: ``b``'s sums are re-centred on ``a``'s centre (exact), then added.
+
+    The entropy terms of ``stats`` are carried over unchanged: they stay valid for the
+    pairs that involve neither ``a`` nor ``b``."""
     centres = stats.centres.copy()
     centres[b] = centres[a]
     out = shifted(stats, centres)
+    out.merge_pairs = stats.merge_pairs
+    out.resp_log_resp_by_component = stats.resp_log_resp_by_component
+    out.merged_resp_log_resp = stats.merged_resp_log_resp
     for values in (out.nk, out.sk, out.counts):
         values[a] += values[b]
         values[b] = 0.0
@@ -464,6 +471,52 @@ def merged_statistics(stats: SufficientStatistics, a: int, b: int) -> Sufficient
         out.scatter[a] += out.scatter[b]
         out.scatter[b] = 0.0
     return out
+
+
+def merged_bound(
+    stats: SufficientStatistics,
+    pair: int,
+    priors: Priors,
+    reg_covar: float,
+    resp_log_resp: float | None = None,
+) -> tuple[SufficientStatistics, float, VariationalParameters, float]:
+    """The lower bound if the components of ``stats.merge_pairs[pair]`` were one.
+
+    Parameters
+    ----------
+    stats : SufficientStatistics
+        With the entropy terms of ``merge_pairs`` (or statistics derived from such by
+        merges of other, disjoint pairs, with ``resp_log_resp`` theirs).
+    pair : int
+        Row of ``stats.merge_pairs``.
+    priors : Priors
+    reg_covar : float
+    resp_log_resp : float, optional
+        ``sum r log r`` of ``stats``' responsibilities; ``stats.resp_log_resp`` if None.
+
+    Returns
+    -------
+    merged : SufficientStatistics
+    merged_resp_log_resp : float
+    posterior : VariationalParameters
+        The M-step of ``merged``.
+    bound : float
+        Its lower bound: sklearn's for the responsibilities with ``r_a + r_b`` in ``a``
+        and nothing in ``b``.
+    """
+    assert stats.merge_pairs is not None
+    assert stats.resp_log_resp_by_component is not None
+    assert stats.merged_resp_log_resp is not None
+    a, b = int(stats.merge_pairs[pair, 0]), int(stats.merge_pairs[pair, 1])
+    rlr = stats.resp_log_resp if resp_log_resp is None else resp_log_resp
+    rlr += (
+        stats.merged_resp_log_resp[pair]
+        - stats.resp_log_resp_by_component[a]
+        - stats.resp_log_resp_by_component[b]
+    )
+    merged = merged_statistics(stats, a, b)
+    posterior = m_step(merged, priors, reg_covar)
+    return merged, float(rlr), posterior, lower_bound(posterior, rlr)
 
 
 def merge_components(
@@ -494,27 +547,15 @@ def merge_components(
         The accepted pairs; each ``b`` is now empty.
     """
     pairs = stats.merge_pairs
-    by_component = stats.resp_log_resp_by_component
-    merged_rlr = stats.merged_resp_log_resp
-    if pairs is None or by_component is None or merged_rlr is None:
+    if pairs is None or stats.merged_resp_log_resp is None:
         return None, bound, []
     margin = _MERGE_MARGIN * max(1.0, abs(bound))
-
-    def evaluate(
-        base: SufficientStatistics, rlr: float, p: int
-    ) -> tuple[SufficientStatistics, float, VariationalParameters | None, float]:
-        a, b = int(pairs[p, 0]), int(pairs[p, 1])
-        candidate = merged_statistics(base, a, b)
-        rlr = rlr - by_component[a] - by_component[b] + merged_rlr[p]
+    gains = np.full(len(pairs), -math.inf)
+    for p in range(len(pairs)):
         try:
-            vp = m_step(candidate, priors, reg_covar)
+            gains[p] = merged_bound(stats, p, priors, reg_covar)[3] - bound
         except GaussianMixtureError:
-            return candidate, rlr, None, -math.inf
-        return candidate, rlr, vp, lower_bound(vp, rlr)
-
-    gains = np.array(
-        [evaluate(stats, stats.resp_log_resp, p)[3] - bound for p in range(len(pairs))]
-    )
+            continue
     best_vp: VariationalParameters | None = None
     current, current_rlr, best_bound = stats, stats.resp_log_resp, bound
     accepted: list[tuple[int, int]] = []
@@ -525,8 +566,15 @@ def merge_components(
         a, b = int(pairs[p, 0]), int(pairs[p, 1])
         if a in used or b in used:
             continue
-        candidate, rlr, vp, new_bound = evaluate(current, current_rlr, int(p))
-        if vp is not None and new_bound > best_bound + margin:
+        # ``current`` carries the entropy terms of ``stats``: valid for this pair, which
+        # shares no component with the merges already in it.
+        try:
+            candidate, rlr, vp, new_bound = merged_bound(
+                current, int(p), priors, reg_covar, current_rlr
+            )
+        except GaussianMixtureError:
+            continue
+        if new_bound > best_bound + margin:
             current, current_rlr, best_bound, best_vp = candidate, rlr, new_bound, vp
             accepted.append((a, b))
             used.update((a, b))

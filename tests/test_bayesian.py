@@ -86,6 +86,39 @@ def test_distributed_iterations_equal_sklearn_from_the_same_responsibilities(
     assert rel_err(result.history, bounds) < 1e-8
 
 
+def test_merge_moves_on_spark_equal_the_numpy_fit(data, prepared):
+    """The entropy terms of the candidate merges add up across partitions: the same
+    start gives the same merges, bounds and posterior on Spark as in numpy."""
+    from spark_gmm.em import InMemoryData
+    from spark_gmm.variational import effective_components
+
+    X, _, _ = data
+    k = 6  # twice the true 3: the nearest-centre start cuts clusters in pieces
+    priors = default_priors(k, "full", X.mean(axis=0), np.cov(X.T))
+    centres = X[np.random.default_rng(5).choice(len(X), k, replace=False)]
+    start = m_step(hard_assignment_statistics(X, None, centres, "full"), priors, 1e-6)
+    results = []
+    for source in (prepared, InMemoryData(X, n_blocks=4)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results.append(
+                fit_em(
+                    source,
+                    k,
+                    "full",
+                    max_iter=T,
+                    tol=0.0,
+                    initial_params=start,
+                    variant=Variational(priors, 1e-6, merges=True),
+                )
+            )
+    on_spark, in_numpy = results
+    assert effective_components(on_spark.params.weights, 0.01) == 3
+    assert rel_err(on_spark.history, in_numpy.history) < 1e-10
+    assert rel_err(on_spark.params.weights, in_numpy.params.weights, floor=1e-12) < 1e-8
+    assert rel_err(on_spark.params.means, in_numpy.params.means) < 1e-8
+
+
 def test_the_prior_empties_the_components_the_data_do_not_need(data):
     X, labels, df = data
     with warnings.catch_warnings():
@@ -175,6 +208,7 @@ def test_fit_job_with_model_bayesian_reports_the_effective_k(data, tmp_path, cap
         model="bayesian",
         seed=1,
         max_iter=40,
+        merge_components=False,  # the config key reaches the estimator and the report
         output=str(tmp_path / "model"),
         report=str(tmp_path / "r"),
     )
@@ -185,6 +219,7 @@ def test_fit_job_with_model_bayesian_reports_the_effective_k(data, tmp_path, cap
     assert f"Bayesian mixture: effective k {gmm.effectiveK} of 8" in printed, printed
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["bayesian"]["effective_k"] == gmm.effectiveK
+    assert gmm.getMergeComponents() is False and report["bayesian"]["merge_components"] is False
     weights = [w for _, w in report["bayesian"]["weights_sorted"]]
     assert weights == sorted(weights, reverse=True)
     assert sorted(weights, reverse=True) == pytest.approx(sorted(gmm.weights, reverse=True))
