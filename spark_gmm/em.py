@@ -203,10 +203,6 @@ class Variant(Protocol):
         objective, and whether they changed."""
         ...
 
-    def tol_scale(self, total_weight: float) -> float:
-        """``tol`` applies to the change of the objective divided by this."""
-        ...
-
 
 @dataclass(frozen=True)
 class MaximumLikelihood:
@@ -242,19 +238,13 @@ class MaximumLikelihood:
     ) -> tuple[Any, float, bool]:
         return params, objective, False
 
-    def tol_scale(self, total_weight: float) -> float:
-        return 1.0  # the objective is already a mean
-
 
 @dataclass(frozen=True)
 class Variational:
     """Variational Bayes (:mod:`spark_gmm.variational`): the objective is sklearn's
-    lower bound after each M-step (a total, as sklearn's ``lower_bound_``); ``tol``
-    applies to its change per unit of weight, the "average gain" that sklearn's
-    documentation of ``tol`` describes, so that it means at a billion rows what it
-    means at a thousand. The best start has the highest lower bound. With ``merges``,
-    every pass also weighs merging pairs of components
-    (:func:`spark_gmm.variational.merge_components`)."""
+    lower bound after each M-step (a total, not a mean, as sklearn's ``tol`` applies to
+    it); the best start has the highest lower bound. With ``merges``, every pass also
+    weighs merging pairs of components (:func:`spark_gmm.variational.merge_components`)."""
 
     priors: Any  # spark_gmm.variational.Priors
     reg_covar: float
@@ -305,9 +295,6 @@ class Variational:
             bound,
         )
         return merged_params, bound, True
-
-    def tol_scale(self, total_weight: float) -> float:
-        return total_weight
 
 
 @dataclass
@@ -561,8 +548,7 @@ def _iterate(
             cand.history.append(objective)
             cand.n_iter = iteration
             change = abs(cand.history[-1] - cand.history[-2]) if len(cand.history) > 1 else None
-            scaled_tol = tol * variant.tol_scale(stats.total_weight)
-            if not moved and change is not None and change < scaled_tol:
+            if not moved and change is not None and change < tol:
                 cand.converged = True
         seconds.append(time.perf_counter() - t0)
         ran = [c for c in live if c.error is None]
@@ -782,11 +768,9 @@ def fit_em(
     if not result.converged:
         steps = result.history[-2:]
         change = steps[-1] - steps[0] if len(steps) == 2 else float("nan")
-        scale = chosen.tol_scale(result.total_weight)
-        per = "" if scale == 1.0 else " per unit of weight"
         msg = (
             f"EM did not converge in maxIter={max_iter} iterations (last change of the "
-            f"{chosen.objective_name}{per} {change / scale:.3g} > tol={tol}). "
+            f"{chosen.objective_name} {change:.3g} > tol={tol}). "
             "Increase maxIter or tol, or check the data scaling."
         )
         log.warning("%s", msg)
