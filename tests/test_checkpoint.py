@@ -75,6 +75,35 @@ def test_resumed_fit_equals_uninterrupted_fit_bit_for_bit(tmp_path):
     assert resumed.n_iter == reference.n_iter == 12
 
 
+def test_bayesian_fit_with_merges_resumes_bit_for_bit(tmp_path):
+    from spark_gmm.em import Variational
+    from spark_gmm.variational import default_priors, effective_components
+
+    X, _ = make_mixture(n=900, d=3, k=3, seed=2)
+    priors = default_priors(6, "full", X.mean(axis=0), np.cov(X.T))
+
+    def fit(data, **kw):
+        variant = Variational(priors, 1e-6, merges=True)
+        return fit_em(data, 6, "full", tol=0.0, max_iter=8, seed=1, variant=variant, **kw)
+
+    reference = fit(InMemoryData(X, n_blocks=3))
+    assert effective_components(reference.params.weights, 0.01) == 3  # merges happened
+    crashing = CrashingData(X, n_blocks=3)
+    crashing.crash_at = 6  # the init pass, EM passes 1..4, crash in EM pass 5
+    with pytest.raises(Crash):
+        fit(crashing, checkpoint=_checkpointer(tmp_path, crashing, k=6))
+    assert json.loads((tmp_path / "em_state.json").read_text())["iteration"] == 4
+    resumed_data = CrashingData(X, n_blocks=3)
+    resumed = fit(
+        resumed_data, checkpoint=_checkpointer(tmp_path, resumed_data, k=6), resume=True
+    )
+    assert resumed_data.passes == 5  # EM passes 5..8 and the final scoring pass
+    np.testing.assert_array_equal(resumed.params.means, reference.params.means)
+    np.testing.assert_array_equal(resumed.params.covariances, reference.params.covariances)
+    np.testing.assert_array_equal(resumed.params.weights, reference.params.weights)
+    assert resumed.history == reference.history
+
+
 def test_grid_resumes_too(tmp_path):
     X, _ = make_mixture(n=600, d=2, k=3, seed=3)
     grid = [(2, "diag"), (3, "full")]
