@@ -880,11 +880,6 @@ def block_statistics(
     return stats
 
 
-# Pairs whose merged responsibilities are formed at once: bounds the temporary to
-# this many times the block's rows.
-_PAIRS_PER_CHUNK = 32
-
-
 def _x_log_x_sums(values: Array, sample_weight: Array | None) -> Array:
     """``sum_i w_i v_ji log v_ji`` for each row j of ``values`` (0 log 0 = 0); overwrites
     ``values``."""
@@ -900,11 +895,15 @@ def _merge_entropies(
     merge_pairs: NDArray[np.intp],
     stats: SufficientStatistics,
 ) -> None:
-    """The entropy terms of :class:`SufficientStatistics` for ``merge_pairs``."""
+    """The entropy terms of :class:`SufficientStatistics` for ``merge_pairs``.
+
+    ``resp_t`` is (k, n). The merged responsibilities are formed k pairs at a time, so
+    the temporaries stay within the (n, k) work arrays the memory guard counts."""
+    k = resp_t.shape[0]
     by_component = _x_log_x_sums(resp_t.copy(), sample_weight)
     merged = np.empty(len(merge_pairs))
-    for start in range(0, len(merge_pairs), _PAIRS_PER_CHUNK):
-        pairs = merge_pairs[start : start + _PAIRS_PER_CHUNK]
+    for start in range(0, len(merge_pairs), k):
+        pairs = merge_pairs[start : start + k]
         summed = resp_t[pairs[:, 0]] + resp_t[pairs[:, 1]]
         merged[start : start + len(pairs)] = _x_log_x_sums(summed, sample_weight)
     stats.resp_log_resp = float(by_component.sum())

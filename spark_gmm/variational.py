@@ -405,8 +405,8 @@ _NEIGHBOURS = 4
 # A component holding less than this share of the weight is empty: no merge is weighed
 # for it (it has nothing to give).
 _LIVE_SHARE = 1e-9
-# A merge must raise the bound by more than this, relative to its size, so that
-# rounding never flips a decision.
+# A merge must raise the bound by more than this times the bound's size, so that
+# rounding never decides.
 _MERGE_MARGIN = 1e-12
 
 
