@@ -388,8 +388,8 @@ def effective_components(weights: Array, threshold: float) -> int:
 # Merge moves
 # ---------------------------------------------------------------------------
 #
-# Coordinate ascent cannot empty a component that the initialisation cut out of a true
-# cluster: each half keeps thousands of rows, so the prior's pull on it is nothing
+# Coordinate ascent rarely empties a component that the initialisation cut out of a
+# true cluster: each half keeps thousands of rows, so the prior's pull on it is small
 # against the data's. A merge move (Hughes & Sudderth 2013, "Memoized online
 # variational inference for Dirichlet process mixture models") proposes the
 # responsibilities r_a + r_b for one component and nothing for the other, and keeps the
