@@ -684,19 +684,13 @@ def shifted(stats: SufficientStatistics, centres: Array) -> SufficientStatistics
     nk, sk = stats.nk, stats.sk
     cross = sk * delta  # diagonal terms of sk delta'
     ct = stats.covariance_type
-    if ct == "full":
+    if ct in ("full", "tied"):
+        out = "kij" if ct == "full" else "ij"  # tied sums the components' scatters
         scatter = (
             stats.scatter
-            + np.einsum("ki,kj->kij", sk, delta)
-            + np.einsum("ki,kj->kij", delta, sk)
-            + np.einsum("k,ki,kj->kij", nk, delta, delta)
-        )
-    elif ct == "tied":
-        scatter = (
-            stats.scatter
-            + np.einsum("ki,kj->ij", sk, delta)
-            + np.einsum("ki,kj->ij", delta, sk)
-            + np.einsum("k,ki,kj->ij", nk, delta, delta)
+            + np.einsum(f"ki,kj->{out}", sk, delta)
+            + np.einsum(f"ki,kj->{out}", delta, sk)
+            + np.einsum(f"k,ki,kj->{out}", nk, delta, delta)
         )
     else:
         scatter = stats.scatter + 2.0 * cross + nk[:, None] * delta**2
@@ -854,21 +848,25 @@ def block_statistics(
     n = X.shape[0]
     if n == 0:
         if merge_pairs is not None:
-            _merge_entropies(np.zeros((params.n_components, 0)), None, merge_pairs, stats)
+            k = params.n_components
+            _merge_entropies(np.zeros((k, 0)), None, merge_pairs, np.zeros(k), stats)
         return stats
     XT = np.ascontiguousarray(X.T)
     log_prob_norm, resp_t = _log_normalize_t(_weighted_log_prob_t(XT, params))
     stats.counts = np.bincount(np.argmax(resp_t, axis=0), minlength=params.n_components).astype(
         np.float64
     )
-    if merge_pairs is not None:
-        _merge_entropies(resp_t, sample_weight, merge_pairs, stats)
-    elif resp_log_resp:
+    if resp_log_resp or merge_pairs is not None:
         logs = np.zeros_like(resp_t)
         np.log(resp_t, out=logs, where=resp_t > 0.0)  # 0 log 0 = 0
         per_row = np.einsum("kn,kn->n", resp_t, logs)
         weighted = per_row.sum() if sample_weight is None else sample_weight @ per_row
         stats.resp_log_resp = float(weighted)
+        if merge_pairs is not None:
+            logs *= resp_t
+            by_component = logs.sum(axis=1) if sample_weight is None else logs @ sample_weight
+            del logs
+            _merge_entropies(resp_t, sample_weight, merge_pairs, by_component, stats)
     if sample_weight is None:
         stats.log_likelihood = float(log_prob_norm.sum())
         stats.total_weight = float(n)
@@ -893,20 +891,20 @@ def _merge_entropies(
     resp_t: Array,
     sample_weight: Array | None,
     merge_pairs: NDArray[np.intp],
+    by_component: Array,
     stats: SufficientStatistics,
 ) -> None:
-    """The entropy terms of :class:`SufficientStatistics` for ``merge_pairs``.
+    """Set the entropy terms of :class:`SufficientStatistics` for ``merge_pairs``, with
+    ``by_component`` the per-component ``sum w r log r`` already computed.
 
     ``resp_t`` is (k, n). The merged responsibilities are formed k pairs at a time, so
     the temporaries stay within the (n, k) work arrays the memory guard counts."""
     k = resp_t.shape[0]
-    by_component = _x_log_x_sums(resp_t.copy(), sample_weight)
     merged = np.empty(len(merge_pairs))
     for start in range(0, len(merge_pairs), k):
         pairs = merge_pairs[start : start + k]
         summed = resp_t[pairs[:, 0]] + resp_t[pairs[:, 1]]
         merged[start : start + len(pairs)] = _x_log_x_sums(summed, sample_weight)
-    stats.resp_log_resp = float(by_component.sum())
     stats.resp_log_resp_by_component = by_component
     stats.merge_pairs = merge_pairs
     stats.merged_resp_log_resp = merged
