@@ -101,7 +101,13 @@ OURS = {
 DEFAULT = "short-em x1"
 REFERENCES = ("sklearn default", "MLlib default")
 BEST50 = "best of 50 random restarts"
-METHODS = (*REFERENCES, *OURS, BEST50)
+BEST50_OFF_FLOOR = "best of 50, off the floor"
+METHODS = (*REFERENCES, *OURS, BEST50, BEST50_OFF_FLOOR)
+# regCovar of every method but MLlib (which has none); a fit whose smallest covariance
+# eigenvalue is at most FLOOR_FACTOR x REG_COVAR has a component "at the floor": on rows
+# that lie in a subspace, with a likelihood set by the regulariser (a spurious maximiser).
+REG_COVAR = 1e-6
+FLOOR_FACTOR = 2.0
 
 
 # ---------------------------------------------------------------------------
@@ -246,8 +252,16 @@ class Run:
     n_iter: int = -1
     converged: bool | None = None
     seconds: float = float("nan")
+    min_variance: float = float("nan")
+    at_floor: bool = False
     error: str = ""
     checks: dict[str, float] = field(default_factory=dict)
+
+
+def _record_floor(run: Run, covariances: Any) -> None:
+    """The smallest eigenvalue of the fitted full covariances (numpy, not the library's)."""
+    run.min_variance = float(min(np.linalg.eigvalsh(np.asarray(c)).min() for c in covariances))
+    run.at_floor = run.min_variance <= FLOOR_FACTOR * REG_COVAR
 
 
 def _row_order_predictions(frame: Any, column: str = "prediction") -> np.ndarray:
@@ -264,19 +278,51 @@ def fit_sklearn(ds: Dataset, seed: int, run: Run, _ctx: dict[str, Any]) -> None:
     run.n_iter = int(gm.n_iter_)
     run.converged = bool(gm.converged_)
     run.checks["warnings"] = float(len(caught))
+    _record_floor(run, gm.covariances_)
 
 
-def fit_best50(ds: Dataset, seed: int, run: Run, _ctx: dict[str, Any]) -> None:
-    """The reference optimum: the best of 50 EM runs from random responsibilities
-    (sklearn, ``init_params='random'``, ``n_init=50``, tol 1e-5); once per data set."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gm = SkGaussianMixture(n_components=ds.k, init_params="random", n_init=50, tol=1e-5,
-                               max_iter=500, random_state=seed).fit(ds.X)
-    run.mean_ll = float(gm.score(ds.X))
-    run.ari = float(adjusted_rand_score(ds.y, gm.predict(ds.X)))
-    run.n_iter = int(gm.n_iter_)
-    run.converged = bool(gm.converged_)
+def _fifty_restarts(ds: Dataset, seed: int, ctx: dict[str, Any]) -> list[Run]:
+    """50 EM runs from random responsibilities (sklearn, ``init_params='random'``, tol
+    1e-5), each scored; once per data set and cached. They draw from one RandomState in
+    turn, as ``n_init=50`` does, so the best of them is sklearn's ``n_init=50`` fit."""
+    key = ("fifty", ds.name, seed)
+    if key not in ctx:
+        rng = np.random.RandomState(seed)
+        fits = []
+        for _ in range(50):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gm = SkGaussianMixture(n_components=ds.k, init_params="random", tol=1e-5,
+                                       max_iter=500, random_state=rng).fit(ds.X)
+            run = Run(ds.name, BEST50, seed, engine="local")
+            run.mean_ll = float(gm.score(ds.X))
+            run.ari = float(adjusted_rand_score(ds.y, gm.predict(ds.X)))
+            run.n_iter = int(gm.n_iter_)
+            run.converged = bool(gm.converged_)
+            _record_floor(run, gm.covariances_)
+            fits.append(run)
+        ctx[key] = fits
+    return ctx[key]
+
+
+def _copy_best(run: Run, fits: list[Run]) -> None:
+    if not fits:
+        raise RuntimeError("every one of the 50 restarts is at the covariance floor")
+    best = max(fits, key=lambda r: r.mean_ll)
+    for name in ("mean_ll", "ari", "n_iter", "converged", "min_variance", "at_floor"):
+        setattr(run, name, getattr(best, name))
+
+
+def fit_best50(ds: Dataset, seed: int, run: Run, ctx: dict[str, Any]) -> None:
+    """The reference optimum: the best of the 50 restarts, whatever it is."""
+    fits = _fifty_restarts(ds, seed, ctx)
+    _copy_best(run, fits)
+    run.checks["restarts_at_floor"] = float(sum(f.at_floor for f in fits))
+
+
+def fit_best50_off_floor(ds: Dataset, seed: int, run: Run, ctx: dict[str, Any]) -> None:
+    """The best of the same 50 restarts among those with no component at the floor."""
+    _copy_best(run, [f for f in _fifty_restarts(ds, seed, ctx) if not f.at_floor])
 
 
 def fit_mllib(ds: Dataset, seed: int, run: Run, ctx: dict[str, Any]) -> None:
@@ -298,6 +344,7 @@ def fit_mllib(ds: Dataset, seed: int, run: Run, ctx: dict[str, Any]) -> None:
         run.mean_ll = run.checks["summary_mean_ll"]
     pred = _row_order_predictions(model.transform(ctx["vector_df"]))
     run.ari = float(adjusted_rand_score(ds.y, pred))
+    _record_floor(run, covs)
 
 
 def _record_ours(ds: Dataset, run: Run, model: Any, mean_ll: float, pred: np.ndarray,
@@ -306,6 +353,7 @@ def _record_ours(ds: Dataset, run: Run, model: Any, mean_ll: float, pred: np.nda
     run.n_iter = n_iter
     run.converged = converged
     run.ari = float(adjusted_rand_score(ds.y, pred))
+    _record_floor(run, model.covariances)
     # Independent checks of the reported numbers.
     run.checks["score_minus_summary"] = float(model.score(ds.X)) - mean_ll
     run.checks["scipy_minus_summary"] = (
@@ -348,6 +396,7 @@ FITTERS: dict[str, Callable[[Dataset, int, Run, dict[str, Any]], None]] = {
     "MLlib default": fit_mllib,
     **{name: fit_ours(mode, n) for name, (mode, n) in OURS.items()},
     BEST50: fit_best50,
+    BEST50_OFF_FLOOR: fit_best50_off_floor,
 }
 
 
@@ -402,6 +451,7 @@ def summarise(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for (name, method), g in frame.groupby(["dataset", "method"], sort=False):
         ok = g[~g["failed"]]
+        off = ok[~ok["at_floor"].astype(bool)]
         rows.append(
             {
                 "dataset": name,
@@ -410,6 +460,9 @@ def summarise(runs: list[Run]) -> pd.DataFrame:
                 "ll_min": ok["mean_ll"].min(),
                 "ari_median": ok["ari"].median(),
                 "ari_min": ok["ari"].min(),
+                "ll_median_off": off["mean_ll"].median() if len(off) else float("nan"),
+                "ll_min_off": off["mean_ll"].min() if len(off) else float("nan"),
+                "floor_hits": int(ok["at_floor"].astype(bool).sum()),
                 "n_iter_mean": ok["n_iter"].mean(),
                 "maxiter_hits": int((ok["converged"] == False).sum()),  # noqa: E712
                 "failures": int(g["failed"].sum()),
@@ -423,10 +476,16 @@ def summarise(runs: list[Run]) -> pd.DataFrame:
 def verdicts(summary: pd.DataFrame, gmm_sets: set[str], ll_tol: float) -> pd.DataFrame:
     """Per data set, the default against the references (issue 14's quality goal).
 
+    The targets are fits with no component at the covariance floor (a likelihood that
+    the regulariser sets is not an optimum to reach):
+
     * ``vs_refs``: median (over seeds) log-likelihood of the default minus the best
-      median of sklearn's default, MLlib's default and kmeans x4 (the old default);
-    * ``vs_best50``: the same minus the best of 50 random restarts;
+      median, over their fits off the floor, of sklearn's default, MLlib's default and
+      kmeans x4 (the old default);
+    * ``vs_best50``: the same minus the best of the 50 random restarts off the floor;
     * the same two for the worst seed; pass: every one >= -ll_tol.
+
+    ``literal_*`` and ``pass_literal`` count every fit, at the floor or not.
     """
     rows = []
     for name, g in summary.groupby("dataset", sort=False):
@@ -435,18 +494,36 @@ def verdicts(summary: pd.DataFrame, gmm_sets: set[str], ll_tol: float) -> pd.Dat
             continue
         mine = by.loc[DEFAULT]
         refs = by.loc[by.index.isin([*REFERENCES, "kmeans x4"])]
-        best50 = by.loc[BEST50, "ll_median"] if BEST50 in by.index else float("nan")
+
+        best50_off, best50 = (
+            float(by.loc[m, "ll_median"]) if m in by.index else float("nan")
+            for m in (BEST50_OFF_FLOOR, BEST50)
+        )
         gaps = {
-            "vs_refs": float(mine["ll_median"] - refs["ll_median"].max()),
-            "vs_refs_worst": float(mine["ll_min"] - refs["ll_min"].max()),
-            "vs_best50": float(mine["ll_median"] - best50),
-            "vs_best50_worst": float(mine["ll_min"] - best50),
+            "vs_refs": float(mine["ll_median"] - refs["ll_median_off"].max()),
+            "vs_refs_worst": float(mine["ll_min"] - refs["ll_min_off"].max()),
+            "vs_best50": float(mine["ll_median"] - best50_off),
+            "vs_best50_worst": float(mine["ll_min"] - best50_off),
         }
-        ok = all(not math.isfinite(v) or v >= -ll_tol for v in gaps.values())
+        literal = {
+            "literal_vs_refs": float(mine["ll_median"] - refs["ll_median"].max()),
+            "literal_vs_refs_worst": float(mine["ll_min"] - refs["ll_min"].max()),
+            "literal_vs_best50": float(mine["ll_median"] - best50),
+            "literal_vs_best50_worst": float(mine["ll_min"] - best50),
+        }
+
         rows.append({"dataset": name, "gmm_case": name in gmm_sets,
-                     "pass": ok and mine["failures"] == 0, **gaps,
-                     "ari_median": float(mine["ari_median"])})
+                     "pass": _passes(mine, gaps, ll_tol),
+                     "pass_literal": _passes(mine, literal, ll_tol), **gaps, **literal,
+                     "ari_median": float(mine["ari_median"]),
+                     "floor_hits": int(mine["floor_hits"])})
     return pd.DataFrame(rows)
+
+
+def _passes(mine: pd.Series, gaps: dict[str, float], ll_tol: float) -> bool:
+    return bool(mine["failures"] == 0) and all(
+        not math.isfinite(v) or v >= -ll_tol for v in gaps.values()
+    )
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -481,7 +558,13 @@ def write_markdown(
         "- Measures on the training data: mean log-likelihood per row of the final parameters "
         "(higher is better) and adjusted Rand index against the known labels; median and "
         "worst over seeds. `iter` = mean EM iterations; `maxIter` = fits that stopped at "
-        "maxIter; `fail` = fits that raised.",
+        "maxIter; `fail` = fits that raised; `floor` = fits with a component at the "
+        f"covariance floor (smallest eigenvalue <= {FLOOR_FACTOR:g} x regCovar = "
+        f"{FLOOR_FACTOR * REG_COVAR:g}: rows in a subspace, a likelihood set by the "
+        "regulariser).",
+        f"- `{BEST50}`: the best of 50 sklearn fits from random responsibilities (tol "
+        "1e-5, drawn in turn from one RandomState, i.e. sklearn's `n_init=50`); "
+        f"`{BEST50_OFF_FLOOR}`: the best of the same 50 among those off the floor.",
         "- MLlib's log-likelihood is the scipy score of its final weights/means/covariances "
         "(its `summary.logLikelihood / n` is for the parameters before the last M-step; "
         "both are in the JSON file).",
@@ -496,8 +579,8 @@ def write_markdown(
             f"### {name} (k={k}; {notes[name]})",
             "",
             "| method | LL median | LL worst | ARI median | ARI worst | iter | maxIter | fail | "
-            "s/fit |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "floor | s/fit |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         best_ll = g["ll_median"].max()
         for _, r in g.iterrows():
@@ -507,7 +590,8 @@ def write_markdown(
             lines.append(
                 f"| {r['method']} | {ll_median} | {_fmt(r['ll_min'], 4)} | "
                 f"{_fmt(r['ari_median'])} | {_fmt(r['ari_min'])} | {_fmt(r['n_iter_mean'], 1)} | "
-                f"{r['maxiter_hits']} | {r['failures']} | {_fmt(r['seconds_mean'], 2)} |"
+                f"{r['maxiter_hits']} | {r['failures']} | {r['floor_hits']} | "
+                f"{_fmt(r['seconds_mean'], 2)} |"
             )
         lines.append("")
 
@@ -515,23 +599,32 @@ def write_markdown(
         f"## The default ({DEFAULT}) against the references",
         "",
         "Mean log-likelihood per row, the default's median over seeds (and its worst seed) "
-        f"minus: the best median of sklearn's default, MLlib's default and kmeans x4; and "
-        f"the best of 50 random restarts. A data set passes when all four are >= "
-        f"-{args.ll_tol} (EM's own stopping rule makes smaller differences noise).",
+        "minus: the best median of sklearn's default, MLlib's default and kmeans x4 (over "
+        f"their fits off the floor); and the best of the 50 random restarts off the floor. "
+        f"A data set passes when all four are >= -{args.ll_tol} (EM's own stopping rule "
+        "makes smaller differences noise). The last column is the same test counting every "
+        "fit, at the floor or not (the issue's words taken literally).",
         "",
         "| data set | vs references (median / worst) | vs best of 50 (median / worst) | "
-        "ARI median | |",
-        "|---|---|---|---|---|",
+        "ARI median | floor | | literal: vs best of 50, all (median / worst) | |",
+        "|---|---|---|---|---:|---|---|---|",
     ]
     for _, r in verdict.iterrows():
         suffix = "" if r["gmm_case"] else " (not GMM)"
         lines.append(
             f"| {r['dataset']}{suffix} | {r['vs_refs']:+.4f} / {r['vs_refs_worst']:+.4f} | "
             f"{r['vs_best50']:+.4f} / {r['vs_best50_worst']:+.4f} | {r['ari_median']:.3f} | "
-            f"{'pass' if r['pass'] else '**FAIL**'} |"
+            f"{r['floor_hits']} | {'pass' if r['pass'] else '**FAIL**'} | "
+            f"{r['literal_vs_best50']:+.4f} / {r['literal_vs_best50_worst']:+.4f} | "
+            f"{'pass' if r['pass_literal'] else '**FAIL**'} |"
         )
     gmm = verdict[verdict["gmm_case"]]
-    lines += ["", f"Passes on GMM-type data sets: {int(gmm['pass'].sum())}/{len(gmm)}", ""]
+    lines += [
+        "",
+        f"Passes on GMM-type data sets: {int(gmm['pass'].sum())}/{len(gmm)} "
+        f"(counting fits at the floor as targets: {int(gmm['pass_literal'].sum())}/{len(gmm)})",
+        "",
+    ]
 
     expected = len(args.seeds)
     missing = [
@@ -539,7 +632,7 @@ def write_markdown(
         for name, g in summary.groupby("dataset", sort=False)
         for method in METHODS
         for n in [g.loc[g["method"] == method, "runs"].sum()]
-        if n < (1 if method == BEST50 else expected)
+        if n < (1 if method in (BEST50, BEST50_OFF_FLOOR) else expected)
     ]
     if missing:
         lines += [
@@ -646,7 +739,7 @@ def run_fits(args: argparse.Namespace, data: list[Dataset], methods: list[str]) 
                 engine = args.ours_engine if method in OURS else (
                     "spark" if method == "MLlib default" else "local")
                 # The 50-restart reference is an optimum per data set: one seed.
-                for seed in args.seeds[:1] if method == BEST50 else args.seeds:
+                for seed in args.seeds[:1] if method in (BEST50, BEST50_OFF_FLOOR) else args.seeds:
                     runs.append(_run_one(method, ds, seed, engine, ctx))
             if spark is not None and args.ours_engine != "spark":
                 for method in args.spark_check_methods:

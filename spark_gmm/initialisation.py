@@ -10,14 +10,22 @@ responsibilities put every component near the overall mean and let EM separate t
 spread. A few EM iterations are enough to tell the basins apart, so each start gets a
 short run on a subsample of the sample and only the best continues on all the rows.
 
-The short runs have a fixed budget of row-iterations: what :data:`STARTS` cost on a
-subsample of :data:`SHORT_EM_ROWS` rows at :data:`SHORT_EM_ITERATIONS` iterations each. A
-smaller subsample (a table of fewer rows) spends the same budget on longer runs and on more
-starts drawn from random responsibilities and random rows, up to :data:`MAX_STARTS`. On
-small real data sets, the best optimum is often reached only from such a start run
-for tens of iterations (``benchmarks/init_quality.py``: wine, breast cancer). The extra
-runs cost at most the driver time of a large table's start with the same k and d:
-fractions of a second on iris, seconds on 1797 x 20 with k=10.
+The short runs have a fixed budget of row-iterations: one round of :data:`STARTS`, each
+run for :data:`SHORT_EM_ITERATIONS` iterations on a subsample of :data:`SHORT_EM_ROWS`
+rows. A smaller subsample (a table of fewer rows) spends the same budget on more starts,
+drawn from random responsibilities and random rows, up to :data:`MAX_STARTS`, in rounds
+of successive halving: after each round of :data:`SHORT_EM_ITERATIONS` iterations the
+better half goes on. The promising basins get the long runs that the best optimum of a
+small real table often needs (``benchmarks/init_quality.py``: breast cancer, digits), and
+what is left of the budget takes the last run towards convergence. A table of
+:data:`SHORT_EM_ROWS` rows or more runs one round of the five starts.
+
+Runs are ranked by mean log-likelihood, except that a run with a component at the
+covariance floor (smallest variance at most :data:`FLOOR_FACTOR` x ``reg_covar``) ranks
+below every run without one. Such a component sits on rows that lie in a subspace
+(repeated or rounded values); its likelihood grows without bound as ``reg_covar``
+shrinks, so it measures the regulariser, not the fit (a "spurious maximiser", McLachlan
+& Peel 2000, section 3.10). When every run has one, the best of them is kept.
 
 Pure numpy: the sample is the partition-independent hash sample of
 :meth:`spark_gmm.engine.PreparedData.sample`, ordered by hash, and every random draw
@@ -42,12 +50,14 @@ from spark_gmm.gaussian import (
 from spark_gmm.kmeans import kmeans, kmeans_plusplus
 
 __all__ = [
-    "MAX_SHORT_EM_ITERATIONS",
+    "FLOOR_FACTOR",
     "MAX_STARTS",
     "SHORT_EM_ITERATIONS",
     "SHORT_EM_ROWS",
     "STARTS",
     "short_em",
+    "short_em_schedule",
+    "smallest_variance",
 ]
 
 log = logging.getLogger("spark_gmm")
@@ -55,7 +65,7 @@ log = logging.getLogger("spark_gmm")
 Array = NDArray[np.float64]
 
 # Rows of the hash-ordered sample the short runs use (its first rows: a uniform subsample)
-# and iterations per short run; chosen with benchmarks/init_quality.py.
+# and iterations per round; chosen with benchmarks/init_quality.py.
 SHORT_EM_ROWS = 20_000
 SHORT_EM_ITERATIONS = 15
 # A short run stops early when its mean log-likelihood changes by less.
@@ -68,36 +78,49 @@ STARTS = (
     ("random responsibilities", 0),  # sklearn's init_params="random"
     ("random responsibilities", 0),
 )
-# The starts added, in turn, while a small subsample leaves budget; and the caps on the
-# number of starts and on the iterations of one run.
+# The starts added, in turn, when a small subsample leaves budget; and their cap.
 EXTRA_STARTS = ("random responsibilities", "random rows")
 MAX_STARTS = 50
-MAX_SHORT_EM_ITERATIONS = 100
+# A component whose smallest variance is at most this many times reg_covar is "at the
+# floor": more than half of that variance is the regulariser.
+FLOOR_FACTOR = 2.0
 
 
 def short_em_schedule(n_rows: int) -> tuple[int, int]:
-    """Iterations per short run and the budget in row-iterations for ``n_rows`` rows.
+    """Number of starts and the budget in row-iterations for ``n_rows`` rows.
 
-    The budget is what :data:`STARTS` cost at :data:`SHORT_EM_ROWS` rows. A run on
-    fewer rows may be longer, by the square root of the ratio (capped): longer runs let
-    the random starts separate into their basins, more starts explore more basins, and
-    the square root shares the budget between the two.
+    The budget is one round of :data:`STARTS` at :data:`SHORT_EM_ROWS` rows. Rounds of
+    successive halving cost less than twice their first round, so a subsample of fewer
+    rows affords ``budget / (2 x SHORT_EM_ITERATIONS x n_rows)`` starts, at least as many
+    as :data:`STARTS` and at most :data:`MAX_STARTS`.
     """
     budget = SHORT_EM_ROWS * SHORT_EM_ITERATIONS * len(STARTS)
-    ratio = SHORT_EM_ROWS / max(1, n_rows)
-    iterations = int(min(MAX_SHORT_EM_ITERATIONS, SHORT_EM_ITERATIONS * max(1.0, ratio) ** 0.5))
-    return iterations, budget
+    affordable = budget // (2 * SHORT_EM_ITERATIONS * max(1, n_rows))
+    return int(min(MAX_STARTS, max(len(STARTS), affordable))), budget
 
 
-@dataclass
+def smallest_variance(params: MixtureParameters) -> float:
+    """The smallest eigenvalue of any component's covariance."""
+    if params.covariance_type in ("full", "tied"):
+        return float(np.linalg.eigvalsh(params.covariances).min())
+    return float(np.min(params.covariances))
+
+
+@dataclass(eq=False)
 class ShortRun:
-    """One start's short run: where it began, where it ended, how good it is."""
+    """One start's short run: where it is, how good it is, how far it went."""
 
     kind: str
     params: MixtureParameters | None
-    mean_log_likelihood: float
-    iterations: int
+    mean_log_likelihood: float = float("-inf")
+    iterations: int = 0
     error: str | None = None
+    converged: bool = False
+    at_floor: bool = False
+
+    def rank(self) -> tuple[bool, float]:
+        """Sort key, higher is better: off the covariance floor first, then likelihood."""
+        return (self.params is not None and not self.at_floor, self.mean_log_likelihood)
 
 
 def short_em(
@@ -109,8 +132,8 @@ def short_em(
     reg_covar: float,
     rows: int = SHORT_EM_ROWS,
 ) -> tuple[MixtureParameters, list[ShortRun]]:
-    """Short EM runs from every start of :data:`STARTS`, then from :data:`EXTRA_STARTS`
-    while the budget of :func:`short_em_schedule` lasts; the best run's parameters.
+    """Short EM runs from the starts of :func:`short_em_schedule`, in rounds of
+    successive halving; the best run's parameters.
 
     Parameters
     ----------
@@ -128,51 +151,71 @@ def short_em(
     Returns
     -------
     params : MixtureParameters
-        The end of the run with the highest mean log-likelihood on the subsample.
+        The end of the best run (:meth:`ShortRun.rank`) on the subsample.
     runs : list of ShortRun
-        Every run, for the log and the tests.
+        Every run, in the order of its start, for the log and the tests.
 
     Raises
     ------
     GaussianMixtureError
-        When every run failed (the first run's error).
+        When every run failed (the first error).
     """
     Xs = np.asfortranarray(X[:rows])
     ws = w[:rows]
-    iterations, budget = short_em_schedule(Xs.shape[0])
+    n = Xs.shape[0]
+    n_starts, budget = short_em_schedule(n)
     runs: list[ShortRun] = []
-    first_error: GaussianMixtureError | None = None
-    spent = 0
-    while len(runs) < MAX_STARTS:
-        if len(runs) < len(STARTS):
-            kind, restarts = STARTS[len(runs)]
-        elif Xs.shape[0] < SHORT_EM_ROWS and spent + iterations * Xs.shape[0] <= budget:
-            kind, restarts = EXTRA_STARTS[(len(runs) - len(STARTS)) % len(EXTRA_STARTS)], 0
+    errors: list[GaussianMixtureError] = []
+    for i in range(n_starts):
+        if i < len(STARTS):
+            kind, restarts = STARTS[i]
         else:
-            break
+            kind, restarts = EXTRA_STARTS[(i - len(STARTS)) % len(EXTRA_STARTS)], 0
         try:
-            params = _start(kind, restarts, X, w, Xs, ws, k, covariance_type, rng, reg_covar)
-            runs.append(_run(kind, params, Xs, ws, reg_covar, iterations))
+            runs.append(
+                ShortRun(
+                    kind, _start(kind, restarts, X, w, Xs, ws, k, covariance_type, rng, reg_covar)
+                )
+            )
         except GaussianMixtureError as exc:
-            first_error = first_error or exc
-            runs.append(ShortRun(kind, None, float("-inf"), 0, str(exc)))
-        spent += max(1, runs[-1].iterations) * Xs.shape[0]
-    best_index = max(range(len(runs)), key=lambda i: runs[i].mean_log_likelihood)
+            errors.append(exc)
+            runs.append(ShortRun(kind, None, error=str(exc)))
+
+    spent = 0
+    rounds = 0
+    live = [r for r in runs if r.params is not None]
+    while live:
+        # The first round always runs; a later one on a small subsample only, and only
+        # if it fits in what is left of the budget.
+        pending = sum(not r.converged for r in live) * SHORT_EM_ITERATIONS * n
+        if rounds and (n >= SHORT_EM_ROWS or pending > budget - spent):
+            break
+        spent += _advance_all(live, Xs, ws, reg_covar, SHORT_EM_ITERATIONS, errors)
+        rounds += 1
+        live = sorted((r for r in live if r.params is not None), key=ShortRun.rank, reverse=True)
+        live = live[: (len(live) + 1) // 2] if len(live) > 1 else live
+        if len(live) == 1 and n < SHORT_EM_ROWS:
+            # What is left of the budget takes the last run towards convergence.
+            _advance_all(live, Xs, ws, reg_covar, (budget - spent) // n, errors)
+            break
+    best_index = max(range(len(runs)), key=lambda i: runs[i].rank())
     best = runs[best_index]
     if best.params is None:
-        assert first_error is not None
-        raise first_error
+        raise errors[0]
     log.info(
-        "short EM on %d rows, %d starts, up to %d iterations each: %s; continuing from %s",
-        Xs.shape[0],
+        "short EM on %d rows, %d starts, %d round(s) of %d iterations: %s; continuing from %s",
+        n,
         len(runs),
-        iterations,
+        rounds,
+        SHORT_EM_ITERATIONS,
         ", ".join(
             f"{r.kind} {r.mean_log_likelihood:.5g}" if r.error is None else f"{r.kind} failed"
             for r in runs[: len(STARTS)]
         )
         + (f", {len(runs) - len(STARTS)} more" if len(runs) > len(STARTS) else ""),
-        f"{best.kind} (start {best_index + 1})",
+        f"{best.kind} (start {best_index + 1}, {best.iterations} iterations"
+        + (", a component at the covariance floor" if best.at_floor else "")
+        + ")",
     )
     return best.params, runs
 
@@ -206,16 +249,47 @@ def _start(
     return m_step(stats, reg_covar)
 
 
-def _run(
-    kind: str, params: MixtureParameters, Xs: Array, ws: Array, reg_covar: float, iterations: int
-) -> ShortRun:
-    """``iterations`` EM steps on the subsample; the mean log-likelihood of the last
-    E-step (that of the parameters before the last M-step)."""
-    history: list[float] = []
+def _advance_all(
+    live: list[ShortRun],
+    Xs: Array,
+    ws: Array,
+    reg_covar: float,
+    iterations: int,
+    errors: list[GaussianMixtureError],
+) -> int:
+    """Up to ``iterations`` more EM steps for each run, stopping each at convergence;
+    the row-iterations spent. A run that fails is dropped (its error kept)."""
+    spent = 0
+    for run in live:
+        if run.converged or run.params is None:
+            continue
+        before = run.iterations
+        try:
+            _advance(run, Xs, ws, reg_covar, iterations)
+        except GaussianMixtureError as exc:
+            errors.append(exc)
+            run.params, run.error, run.mean_log_likelihood = None, str(exc), float("-inf")
+        spent += max(1, run.iterations - before) * Xs.shape[0]
+    return spent
+
+
+def _advance(run: ShortRun, Xs: Array, ws: Array, reg_covar: float, iterations: int) -> None:
+    """Up to ``iterations`` EM steps on the subsample from where ``run`` is.
+
+    ``run.mean_log_likelihood`` is that of the last E-step (the parameters before the
+    last M-step); the covariance floor is judged on the parameters the run ends at.
+    """
+    assert run.params is not None
+    params = run.params
+    last = run.mean_log_likelihood
     for _ in range(iterations):
         stats = block_statistics(Xs, ws, params)
-        history.append(stats.log_likelihood / stats.total_weight)
+        current = stats.log_likelihood / stats.total_weight
         params = m_step(stats, reg_covar)
-        if len(history) > 1 and abs(history[-1] - history[-2]) < SHORT_EM_TOL:
+        run.iterations += 1
+        run.converged = abs(current - last) < SHORT_EM_TOL
+        last = current
+        if run.converged:
             break
-    return ShortRun(kind, params, history[-1], len(history))
+    run.params, run.mean_log_likelihood = params, last
+    run.at_floor = smallest_variance(params) <= FLOOR_FACTOR * reg_covar
