@@ -13,7 +13,8 @@ short run on a subsample of the sample and only the best continues on all the ro
 The short runs have a fixed budget of row-iterations: one round of :data:`STARTS`, each
 run for :data:`SHORT_EM_ITERATIONS` iterations on a subsample of :data:`SHORT_EM_ROWS`
 rows. A smaller subsample (a table of fewer rows) spends the same budget on more starts,
-drawn from random responsibilities and random rows, up to :data:`MAX_STARTS`, in rounds
+drawn in turn from random responsibilities, random rows and single k-means runs, up to
+:data:`MAX_STARTS`, in rounds
 of successive halving: after each round of :data:`SHORT_EM_ITERATIONS` iterations the
 better half goes on. The promising basins get the long runs that the best optimum of a
 small real table often needs (``benchmarks/init_quality.py``: breast cancer, digits), and
@@ -78,8 +79,10 @@ STARTS = (
     ("random responsibilities", 0),  # sklearn's init_params="random"
     ("random responsibilities", 0),
 )
-# The starts added, in turn, when a small subsample leaves budget; and their cap.
-EXTRA_STARTS = ("random responsibilities", "random rows")
+# The starts added, in turn, when a small subsample leaves budget (a single k-means run
+# each third: on digits the best basins are k-means ones, on breast cancer random ones);
+# and their cap.
+EXTRA_STARTS = (("random responsibilities", 0), ("random rows", 0), ("kmeans", 1))
 MAX_STARTS = 50
 # A component whose smallest variance is at most this many times reg_covar is "at the
 # floor": more than half of that variance is the regulariser.
@@ -170,7 +173,7 @@ def short_em(
         if i < len(STARTS):
             kind, restarts = STARTS[i]
         else:
-            kind, restarts = EXTRA_STARTS[(i - len(STARTS)) % len(EXTRA_STARTS)], 0
+            kind, restarts = EXTRA_STARTS[(i - len(STARTS)) % len(EXTRA_STARTS)]
         try:
             runs.append(
                 ShortRun(

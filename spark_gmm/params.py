@@ -87,7 +87,8 @@ class _MixtureFitParams(
         Params._dummy(),
         "initMode",
         "Initialisation: 'short-em' (short EM runs on a sample from k-means, k-means++, "
-        "random-row and random-responsibility starts; the best one starts the full EM), "
+        "random-row and random-responsibility starts; the best one, preferring runs with no "
+        "component at the covariance floor, starts the full EM), "
         "'kmeans' (k-means on a sample, then one M-step on all rows' nearest-centre "
         "labels), 'k-means++' (k-means++ seeds, no Lloyd iterations), 'random_from_data' "
         "(k random rows as centres), 'random' (random responsibilities).",
