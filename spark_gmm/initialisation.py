@@ -14,12 +14,12 @@ The short runs have a fixed budget of row-iterations: one round of :data:`STARTS
 run for :data:`SHORT_EM_ITERATIONS` iterations on a subsample of :data:`SHORT_EM_ROWS`
 rows. A smaller subsample (a table of fewer rows) spends the same budget on more starts,
 drawn in turn from random responsibilities, random rows and single k-means runs, up to
-:data:`MAX_STARTS`, in rounds
-of successive halving: after each round of :data:`SHORT_EM_ITERATIONS` iterations the
-better half goes on. The promising basins get the long runs that the best optimum of a
-small real table often needs (``benchmarks/init_quality.py``: breast cancer, digits), and
-what is left of the budget takes the last run towards convergence. A table of
-:data:`SHORT_EM_ROWS` rows or more runs one round of the five starts.
+:data:`MAX_STARTS`, in rounds of successive halving: after each round of
+:data:`SHORT_EM_ITERATIONS` iterations the better half goes on. The promising basins get
+the long runs that the best optimum of a small real table often needs
+(``benchmarks/init_quality.py``: breast cancer, digits), and what is left of the budget
+takes the last run towards convergence. A table of :data:`SHORT_EM_ROWS` rows or more
+runs one round of the five starts.
 
 Runs are ranked by mean log-likelihood, except that a run with a component at the
 covariance floor (smallest variance at most :data:`FLOOR_FACTOR` x ``reg_covar``) ranks
