@@ -84,8 +84,8 @@ def test_distributed_em_equals_sklearn_from_same_start(data, covariance_type):
 def test_distributed_equals_single_block(data):
     """Default init on Spark equals the same computation on one in-memory block."""
     X, _, df = data
-    model = GaussianMixture(k=3, inputCols=COLS, seed=4).fit(df)  # default nInit=4
-    local = fit_em(InMemoryData(X), 3, "full", seed=4, n_init=4)
+    model = GaussianMixture(k=3, inputCols=COLS, seed=4).fit(df)  # short-em, nInit=1
+    local = fit_em(InMemoryData(X), 3, "full", seed=4, init_mode="short-em", n_init=1)
     assert model.summary.numIter == local.n_iter
     assert rel_err(model.means, local.params.means) < 1e-9
     assert rel_err(model.covariances, local.params.covariances) < 1e-9
