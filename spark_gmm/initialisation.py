@@ -196,7 +196,7 @@ def short_em(
         spent += _advance_all(live, Xs, ws, reg_covar, SHORT_EM_ITERATIONS, errors)
         rounds += 1
         live = sorted((r for r in live if r.params is not None), key=ShortRun.rank, reverse=True)
-        live = live[: (len(live) + 1) // 2] if len(live) > 1 else live
+        live = live[: (len(live) + 1) // 2]
         if len(live) == 1 and n < SHORT_EM_ROWS:
             # What is left of the budget takes the last run towards convergence.
             _advance_all(live, Xs, ws, reg_covar, (budget - spent) // n, errors)

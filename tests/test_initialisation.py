@@ -72,12 +72,6 @@ def test_a_small_sample_spends_the_budget_on_more_starts_in_halving_rounds():
     assert max(r.iterations for r in runs) <= SHORT_EM_ITERATIONS
 
 
-def _iris():
-    from sklearn.datasets import load_iris
-
-    return load_iris(return_X_y=True)
-
-
 def _min_eigenvalue(covariances):
     return min(np.linalg.eigvalsh(c).min() for c in covariances)
 
@@ -88,10 +82,13 @@ def test_a_run_at_the_covariance_floor_ranks_below_every_run_off_it():
     row against -1.20) only because regCovar is small; the default keeps the best run
     off the floor, the fit sklearn's default reaches (ARI 0.90 against the species).
     Runs at the floor are dropped at the first halving, so few grow that high."""
+    from sklearn.datasets import load_iris
     from sklearn.metrics import adjusted_rand_score
     from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-    X, y = _iris()
+    from spark_gmm.gaussian import predict_proba
+
+    X, y = load_iris(return_X_y=True)
     w = np.ones(len(X))
     floor_seen = 0
     for seed in range(12):
@@ -110,14 +107,8 @@ def test_a_run_at_the_covariance_floor_ranks_below_every_run_off_it():
         reference = SkGaussianMixture(3, random_state=0).fit(X)
     fit = _fit(X, 3, "short-em", seed=0)
     assert fit.history[-1] >= reference.score(X) - 1e-3
-    labels = np.argmax(_resp(X, fit.params), axis=1)
+    labels = np.argmax(predict_proba(X, fit.params), axis=1)
     assert adjusted_rand_score(y, labels) > 0.85
-
-
-def _resp(X, params):
-    from spark_gmm.gaussian import predict_proba
-
-    return predict_proba(X, params)
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "tied", "diag"])
