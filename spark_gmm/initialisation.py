@@ -10,6 +10,13 @@ responsibilities put every component near the overall mean and let EM separate t
 spread. A few EM iterations are enough to tell the basins apart, so each start gets a
 short run on a subsample of the sample and only the best continues on all the rows.
 
+EM does not depend on the units of the columns; distances do. k-means, k-means++ and
+nearest-row starts in the data's units are led by the column of widest spread (raw
+wine: proline, in the hundreds), so some of them are drawn on standardised columns
+(:class:`Start`), the way mclust draws its hierarchical start on scaled data; the
+others stay in the data's units, where the scale may be meaningful (principal
+components).
+
 The short runs have a fixed budget of row-iterations: one round of :data:`STARTS`, each
 run for :data:`SHORT_EM_ITERATIONS` iterations on a subsample of :data:`SHORT_EM_ROWS`
 rows. A smaller subsample (a table of fewer rows) spends the same budget on more starts,
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -47,6 +55,7 @@ from spark_gmm.gaussian import (
     block_statistics,
     hard_assignment_statistics,
     m_step,
+    nearest_centre,
 )
 from spark_gmm.kmeans import kmeans, kmeans_plusplus
 
@@ -56,6 +65,7 @@ __all__ = [
     "SHORT_EM_ITERATIONS",
     "SHORT_EM_ROWS",
     "STARTS",
+    "Start",
     "short_em",
     "short_em_schedule",
     "smallest_variance",
@@ -71,18 +81,43 @@ SHORT_EM_ROWS = 20_000
 SHORT_EM_ITERATIONS = 15
 # A short run stops early when its mean log-likelihood changes by less.
 SHORT_EM_TOL = 1e-5
-# The starts, in the order they are drawn from the seed: (kind, k-means restarts).
+
+
+class Start(NamedTuple):
+    """A kind of start; the distance-based ones measure distances in the data's units or
+    on standardised columns (``standardised``)."""
+
+    kind: str
+    kmeans_restarts: int = 0
+    standardised: bool = False
+
+    def __str__(self) -> str:
+        return self.kind + (" (standardised)" if self.standardised else "")
+
+
+# The starts, in the order they are drawn from the seed.
 STARTS = (
-    ("kmeans", 3),  # best of 3 weighted k-means runs on the whole sample (initMode="kmeans")
-    ("k-means++", 0),  # k-means++ seeds, no Lloyd iterations
-    ("random rows", 0),  # k rows of the sample as centres
-    ("random responsibilities", 0),  # sklearn's init_params="random"
-    ("random responsibilities", 0),
+    # best of 3 weighted k-means runs on the whole sample (initMode="kmeans")
+    Start("kmeans", 3),
+    # k-means++ seeds, no Lloyd iterations; on standardised columns, because k-means in
+    # the data's units is led by the column of widest spread
+    Start("k-means++", standardised=True),
+    Start("random rows"),  # k rows of the sample as centres
+    Start("random responsibilities"),  # sklearn's init_params="random"
+    Start("random responsibilities"),
 )
-# The starts added, in turn, when a small subsample leaves budget (a single k-means run
-# each third: on digits the best basins are k-means ones, on breast cancer random ones);
-# and their cap.
-EXTRA_STARTS = (("random responsibilities", 0), ("random rows", 0), ("kmeans", 1))
+# The starts added, in turn, when a small subsample leaves budget (single k-means runs:
+# on digits the best basins are k-means ones, on breast cancer random ones; each
+# distance-based kind in the data's units and standardised: raw wine's best basin is
+# found from standardised starts only); and their cap.
+EXTRA_STARTS = (
+    Start("random responsibilities"),
+    Start("random rows"),
+    Start("kmeans", 1),
+    Start("random responsibilities"),
+    Start("random rows", standardised=True),
+    Start("kmeans", 1, standardised=True),
+)
 MAX_STARTS = 50
 # A component whose smallest variance is at most this many times reg_covar is "at the
 # floor": more than half of that variance is the regulariser.
@@ -167,22 +202,20 @@ def short_em(
     ws = w[:rows]
     n = Xs.shape[0]
     n_starts, budget = short_em_schedule(n)
+    columns = _Columns(X, w)
     runs: list[ShortRun] = []
     errors: list[GaussianMixtureError] = []
     for i in range(n_starts):
         if i < len(STARTS):
-            kind, restarts = STARTS[i]
+            start = STARTS[i]
         else:
-            kind, restarts = EXTRA_STARTS[(i - len(STARTS)) % len(EXTRA_STARTS)]
+            start = EXTRA_STARTS[(i - len(STARTS)) % len(EXTRA_STARTS)]
         try:
-            runs.append(
-                ShortRun(
-                    kind, _start(kind, restarts, X, w, Xs, ws, k, covariance_type, rng, reg_covar)
-                )
-            )
+            params = _start(start, columns, X, w, Xs, ws, k, covariance_type, rng, reg_covar)
+            runs.append(ShortRun(str(start), params))
         except GaussianMixtureError as exc:
             errors.append(exc)
-            runs.append(ShortRun(kind, None, error=str(exc)))
+            runs.append(ShortRun(str(start), None, error=str(exc)))
 
     spent = 0
     rounds = 0
@@ -223,9 +256,29 @@ def short_em(
     return best.params, runs
 
 
+class _Columns:
+    """The sample's column means and standard deviations, to standardise with.
+
+    EM does not depend on the units of the columns (rescaling a column rescales the
+    fitted means and covariances alike, up to ``reg_covar``), but distances do: in the
+    data's units, k-means and nearest-row assignments are led by the column of widest
+    spread. A start drawn on standardised columns does not depend on the units either.
+    """
+
+    def __init__(self, X: Array, w: Array) -> None:
+        total = w.sum()
+        self.mean = (w @ X) / total
+        scale = np.sqrt((w @ np.square(X - self.mean)) / total)
+        # A constant column stays as it is (there is nothing to scale).
+        self.scale = np.where(scale > 0, scale, 1.0)
+
+    def standardise(self, X: Array) -> Array:
+        return np.asfortranarray((X - self.mean) / self.scale)
+
+
 def _start(
-    kind: str,
-    restarts: int,
+    start: Start,
+    columns: _Columns,
     X: Array,
     w: Array,
     Xs: Array,
@@ -236,20 +289,35 @@ def _start(
     reg_covar: float,
 ) -> MixtureParameters:
     """The parameters a start begins from: an M-step on the subsample's assignment."""
-    if kind == "random responsibilities":
+    if start.kind == "random responsibilities":
         resp = rng.uniform(size=(Xs.shape[0], k))
         resp /= resp.sum(axis=1, keepdims=True)
         centre = np.repeat(((ws @ Xs) / ws.sum())[None, :], k, axis=0)
         stats = hard_assignment_statistics(Xs, ws, centre, covariance_type, resp=resp)
         return m_step(stats, reg_covar)
-    if kind == "kmeans":
-        centres = kmeans(X, w, k, rng, n_restarts=restarts)
-    elif kind == "k-means++":
-        centres = kmeans_plusplus(X, w, k, rng)
-    else:  # random rows
-        centres = X[rng.choice(X.shape[0], size=k, replace=False)]
-    stats = hard_assignment_statistics(Xs, ws, np.array(centres), covariance_type)
+    if not start.standardised:
+        centres = _centres(start, X, w, k, rng)
+        stats = hard_assignment_statistics(Xs, ws, centres, covariance_type)
+        return m_step(stats, reg_covar)
+    # Centres and the nearest-centre assignment on standardised columns; the M-step on
+    # the data in its units, so the start is the same model whatever the units.
+    centres = _centres(start, columns.standardise(X), w, k, rng)
+    labels = nearest_centre(columns.standardise(Xs), centres)
+    resp = np.zeros((Xs.shape[0], k))
+    resp[np.arange(Xs.shape[0]), labels] = 1.0
+    stats = hard_assignment_statistics(
+        Xs, ws, columns.mean + centres * columns.scale, covariance_type, resp=resp
+    )
     return m_step(stats, reg_covar)
+
+
+def _centres(start: Start, X: Array, w: Array, k: int, rng: np.random.Generator) -> Array:
+    """k centres for a distance-based start."""
+    if start.kind == "kmeans":
+        return np.array(kmeans(X, w, k, rng, n_restarts=start.kmeans_restarts))
+    if start.kind == "k-means++":
+        return np.array(kmeans_plusplus(X, w, k, rng))
+    return X[rng.choice(X.shape[0], size=k, replace=False)]  # random rows
 
 
 def _advance_all(

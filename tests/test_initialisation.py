@@ -10,10 +10,14 @@ from helpers import make_mixture
 
 from spark_gmm.em import InMemoryData, fit_em
 from spark_gmm.initialisation import (
+    EXTRA_STARTS,
     MAX_STARTS,
     SHORT_EM_ITERATIONS,
     SHORT_EM_ROWS,
     STARTS,
+    Start,
+    _Columns,
+    _start,
     short_em,
     short_em_schedule,
 )
@@ -42,7 +46,7 @@ def test_short_em_keeps_the_run_with_the_highest_log_likelihood():
     X, _ = _scale_mixture(3000, 2, [1.0, 3.0, 10.0], [0.5, 0.3, 0.2])
     w = np.ones(len(X))
     params, runs = short_em(X, w, 3, "full", np.random.default_rng(0), 1e-6)
-    assert [r.kind for r in runs[: len(STARTS)]] == [kind for kind, _ in STARTS]
+    assert [r.kind for r in runs[: len(STARTS)]] == [str(start) for start in STARTS]
     assert not any(r.at_floor for r in runs)
     best = max(runs, key=lambda r: r.mean_log_likelihood)
     assert best.params is params
@@ -59,7 +63,9 @@ def test_a_small_sample_spends_the_budget_on_more_starts_in_halving_rounds():
     _, runs = short_em(X[:300], w[:300], 3, "full", np.random.default_rng(0), 1e-6)
     assert len(runs) == MAX_STARTS
     extra = {"random responsibilities", "random rows", "kmeans"}
-    assert {r.kind for r in runs[len(STARTS) :]} == extra
+    assert {start.kind for start in EXTRA_STARTS} == extra
+    assert {r.kind for r in runs[len(STARTS) :]} == {str(start) for start in EXTRA_STARTS}
+    assert any(start.standardised for start in EXTRA_STARTS)
     assert sum(r.iterations for r in runs) * 300 <= budget
     # Round r runs the better half of round r - 1: 50, 25, 13, 7, 4, 2, then 1 runs on.
     iterations = [r.iterations for r in runs]
@@ -180,3 +186,53 @@ def test_on_a_small_real_table_the_default_reaches_the_best_of_many_random_resta
         for seed in range(3)
     ]
     assert np.median(ours) >= reference - 1e-3, (ours, reference)
+
+
+def _wine_raw():
+    from sklearn.datasets import load_wine
+
+    return load_wine(return_X_y=True)
+
+
+@pytest.mark.parametrize("kind", ["kmeans", "k-means++", "random rows"])
+def test_a_standardised_start_is_the_same_model_whatever_the_units(kind):
+    """Rescaling the columns rescales a standardised start's means and covariances and
+    changes nothing else; a start in the data's units is led by the widest column."""
+    X, _ = _wine_raw()
+    units = np.logspace(2, -2, X.shape[1])  # proline no longer the widest column
+    Y = X * units
+    w = np.ones(len(X))
+
+    def start(data, standardised):
+        rng = np.random.default_rng(5)
+        chosen = Start(kind, 1, standardised)
+        return _start(chosen, _Columns(data, w), data, w, data, w, 3, "full", rng, 1e-6)
+
+    a, b = start(X, True), start(Y, True)
+    np.testing.assert_allclose(a.weights, b.weights, rtol=1e-12)
+    np.testing.assert_allclose(a.means * units, b.means, rtol=1e-9)
+    # regCovar (1e-6) is added on the diagonal in the data's units, after the scaling.
+    reg = 1e-6 * np.eye(X.shape[1])
+    cov_a = (a.covariances - reg) * np.outer(units, units) + reg
+    np.testing.assert_allclose(cov_a, b.covariances, rtol=1e-8, atol=1e-12 * np.abs(cov_a).max())
+    in_units = start(X, False), start(Y, False)
+    assert not np.allclose(in_units[0].means * units, in_units[1].means, rtol=1e-3)
+
+
+def test_raw_wine_reaches_the_optimum_of_fifty_random_restarts():
+    """Raw wine: proline is in the hundreds, the other columns below 30, so every start
+    in the data's units splits the rows by proline (k-means x4: -16.30 per row). The
+    standardised starts find a better optimum than sklearn's 50 random restarts."""
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    X, _ = _wine_raw()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        best_of_50 = SkGaussianMixture(
+            3, init_params="random", n_init=50, tol=1e-5, max_iter=500, random_state=0
+        ).fit(X)
+    kmeans_x4 = _fit(X, 3, "kmeans", n_init=4)
+    for seed in range(3):
+        fit = _fit(X, 3, "short-em", seed=seed)
+        assert fit.history[-1] >= best_of_50.score(X) - 1e-3
+        assert fit.history[-1] >= kmeans_x4.history[-1]
