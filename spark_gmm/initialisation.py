@@ -97,11 +97,11 @@ class Start(NamedTuple):
 
 # The starts, in the order they are drawn from the seed.
 STARTS = (
-    # best of 3 weighted k-means runs on the whole sample (initMode="kmeans")
-    Start("kmeans", 3),
-    # k-means++ seeds, no Lloyd iterations; on standardised columns, because k-means in
-    # the data's units is led by the column of widest spread
-    Start("k-means++", standardised=True),
+    # best of 3 weighted k-means runs on the whole sample, on standardised columns:
+    # in the data's units k-means is led by the column of widest spread (a table in
+    # mixed units, benchmarks/init_quality.py)
+    Start("kmeans", 3, standardised=True),
+    Start("k-means++"),  # k-means++ seeds in the data's units, no Lloyd iterations
     Start("random rows"),  # k rows of the sample as centres
     Start("random responsibilities"),  # sklearn's init_params="random"
     Start("random responsibilities"),
