@@ -236,3 +236,35 @@ def test_raw_wine_reaches_the_optimum_of_fifty_random_restarts():
         fit = _fit(X, 3, "short-em", seed=seed)
         assert fit.history[-1] >= best_of_50.score(X) - 1e-3
         assert fit.history[-1] >= kmeans_x4.history[-1]
+
+
+def _random_mixture(n, d, k, seed):
+    """Rows from a random full-covariance mixture: means of spread 3, covariance
+    eigenvalues between 0.3 and 3 in random directions, Dirichlet(3) weights."""
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.full(k, 3.0))
+    means = rng.normal(scale=3.0, size=(k, d))
+    covs = []
+    for _ in range(k):
+        q, _r = np.linalg.qr(rng.normal(size=(d, d)))
+        covs.append((q * np.exp(rng.uniform(np.log(0.3), np.log(3.0), size=d))) @ q.T)
+    y = rng.choice(k, size=n, p=weights)
+    X = np.empty((n, d))
+    for j in range(k):
+        X[y == j] = rng.multivariate_normal(means[j], covs[j], size=int((y == j).sum()))
+    return X, y
+
+
+def test_a_large_table_in_mixed_units_reaches_the_optimum_of_its_common_units():
+    """30,000 rows (one round of the five starts), columns multiplied by 1 to 3162: the
+    likelihood of a model of the rescaled table is that of the same model in common
+    units less the log of the scale factors. With its k-means start on standardised
+    columns the default reaches, in every seed, the optimum it reaches in common units
+    (with it in the data's units, seed 3 settled 0.29 per row lower)."""
+    X, _ = _random_mixture(30_000, 8, 6, seed=1)
+    units = np.logspace(0, 3.5, X.shape[1])
+    log_units = float(np.log(units).sum())
+    common = _fit(X, 6, "short-em", seed=0).history[-1]
+    for seed in range(5):
+        fit = _fit(X * units, 6, "short-em", seed=seed)
+        assert fit.history[-1] + log_units >= common - 1e-3, seed
