@@ -101,8 +101,11 @@ def test_same_model_for_1_4_16_partitions(spark, data):
     ]
     everything = GaussianMixture(k=3, inputCols=COLS, seed=7, maxIter=1).fit(frames[0])
     sampled = GaussianMixture(k=3, inputCols=COLS, seed=7, maxIter=1, initSampleSize=400)
-    # The sample really is a subset: the first iteration differs from the whole-data one.
-    assert rel_err(sampled.fit(frames[0]).means, everything.means) > 1e-9
+    # The sample really is a subset: the start differs from the whole-data one. (The
+    # parameters after one iteration can be equal to rounding: on these separated
+    # clusters both starts give the same responsibilities.)
+    start_ll = sampled.fit(frames[0]).summary.logLikelihoodHistory[0]
+    assert abs(start_ll - everything.summary.logLikelihoodHistory[0]) > 1e-9
     for m in models[1:]:
         assert m.summary.numIter == models[0].summary.numIter
         assert rel_err(m.means, models[0].means) < 1e-6
