@@ -202,7 +202,7 @@ def short_em(
     ws = w[:rows]
     n = Xs.shape[0]
     n_starts, budget = short_em_schedule(n)
-    columns = _Columns(X, w)
+    columns = _Columns(X, w, rows)
     runs: list[ShortRun] = []
     errors: list[GaussianMixtureError] = []
     for i in range(n_starts):
@@ -257,7 +257,9 @@ def short_em(
 
 
 class _Columns:
-    """The sample's column means and standard deviations, to standardise with.
+    """The sample and its first ``rows`` rows on standardised columns (each column less
+    its mean, divided by its standard deviation on the sample), computed once for every
+    standardised start.
 
     EM does not depend on the units of the columns (rescaling a column rescales the
     fitted means and covariances alike, up to ``reg_covar``), but distances do: in the
@@ -265,15 +267,15 @@ class _Columns:
     spread. A start drawn on standardised columns does not depend on the units either.
     """
 
-    def __init__(self, X: Array, w: Array) -> None:
+    def __init__(self, X: Array, w: Array, rows: int) -> None:
         total = w.sum()
         self.mean = (w @ X) / total
-        scale = np.sqrt((w @ np.square(X - self.mean)) / total)
+        centred = X - self.mean
+        scale = np.sqrt((w @ np.square(centred)) / total)
         # A constant column stays as it is (there is nothing to scale).
         self.scale = np.where(scale > 0, scale, 1.0)
-
-    def standardise(self, X: Array) -> Array:
-        return np.asfortranarray((X - self.mean) / self.scale)
+        self.sample = np.asfortranarray(centred / self.scale)
+        self.subsample = np.asfortranarray(self.sample[:rows])
 
 
 def _start(
@@ -301,8 +303,8 @@ def _start(
         return m_step(stats, reg_covar)
     # Centres and the nearest-centre assignment on standardised columns; the M-step on
     # the data in its units, so the start is the same model whatever the units.
-    centres = _centres(start, columns.standardise(X), w, k, rng)
-    labels = nearest_centre(columns.standardise(Xs), centres)
+    centres = _centres(start, columns.sample, w, k, rng)
+    labels = nearest_centre(columns.subsample, centres)
     resp = np.zeros((Xs.shape[0], k))
     resp[np.arange(Xs.shape[0]), labels] = 1.0
     stats = hard_assignment_statistics(

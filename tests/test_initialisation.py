@@ -206,7 +206,8 @@ def test_a_standardised_start_is_the_same_model_whatever_the_units(kind):
     def start(data, standardised):
         rng = np.random.default_rng(5)
         chosen = Start(kind, 1, standardised)
-        return _start(chosen, _Columns(data, w), data, w, data, w, 3, "full", rng, 1e-6)
+        columns = _Columns(data, w, len(data))
+        return _start(chosen, columns, data, w, data, w, 3, "full", rng, 1e-6)
 
     a, b = start(X, True), start(Y, True)
     np.testing.assert_allclose(a.weights, b.weights, rtol=1e-12)
