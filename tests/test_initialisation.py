@@ -10,6 +10,7 @@ from helpers import make_mixture
 
 from spark_gmm.em import InMemoryData, fit_em
 from spark_gmm.initialisation import (
+    BUDGET_ROUNDS,
     EXTRA_STARTS,
     MAX_STARTS,
     SHORT_EM_ITERATIONS,
@@ -57,9 +58,10 @@ def test_a_small_sample_spends_the_budget_on_more_starts_in_halving_rounds():
     X, _ = _scale_mixture(SHORT_EM_ROWS + 500, 2, [1.0, 3.0, 10.0], [0.5, 0.3, 0.2])
     w = np.ones(len(X))
     n_starts, budget = short_em_schedule(300)
-    assert n_starts == MAX_STARTS  # 1.5M row-iterations would pay for 166 starts
+    assert n_starts == MAX_STARTS  # 3M row-iterations would pay for 333 starts
     assert short_em_schedule(SHORT_EM_ROWS) == (len(STARTS), budget)
-    assert short_em_schedule(2_000) == (25, budget)
+    assert budget == BUDGET_ROUNDS * len(STARTS) * SHORT_EM_ITERATIONS * SHORT_EM_ROWS
+    assert short_em_schedule(2_000) == (50, budget)
     _, runs = short_em(X[:300], w[:300], 3, "full", np.random.default_rng(0), 1e-6)
     assert len(runs) == MAX_STARTS
     extra = {"random responsibilities", "random rows", "kmeans"}
@@ -67,10 +69,10 @@ def test_a_small_sample_spends_the_budget_on_more_starts_in_halving_rounds():
     assert {r.kind for r in runs[len(STARTS) :]} == {str(start) for start in EXTRA_STARTS}
     assert any(start.standardised for start in EXTRA_STARTS)
     assert sum(r.iterations for r in runs) * 300 <= budget
-    # Round r runs the better half of round r - 1: 50, 25, 13, 7, 4, 2, then 1 runs on.
+    # Round r runs the better half of round r - 1: 100, 50, 25, 13, 7, 4, 2, then 1 runs on.
     iterations = [r.iterations for r in runs]
     assert max(iterations) > 2 * SHORT_EM_ITERATIONS  # some runs went past round 2
-    for r in range(1, 7):
+    for r in range(1, 8):
         assert sum(i > r * SHORT_EM_ITERATIONS for i in iterations) <= -(-MAX_STARTS // 2**r)
     # A full-size subsample runs one round of the base starts.
     _, runs = short_em(X, w, 2, "full", np.random.default_rng(0), 1e-6)
@@ -169,7 +171,8 @@ def test_short_em_on_separated_clusters_matches_kmeans_and_does_not_depend_on_bl
 def test_on_a_small_real_table_the_default_reaches_the_best_of_many_random_restarts():
     """Breast cancer (569 x 30, standardised, k=2): k-means-based starts stop in a lower
     basin; the best optimum comes from long runs of random starts, which a small table's
-    budget pays for (benchmarks/init_quality.py has the other sets)."""
+    budget pays for (benchmarks/init_quality.py and init_robustness.py have the other
+    sets)."""
     from sklearn.datasets import load_breast_cancer
     from sklearn.mixture import GaussianMixture as SkGaussianMixture
     from sklearn.preprocessing import StandardScaler
@@ -183,9 +186,10 @@ def test_on_a_small_real_table_the_default_reaches_the_best_of_many_random_resta
     reference = restarts.score(X)
     ours = [
         (lambda r: r.log_likelihood / r.total_weight)(_fit(X, 2, "short-em", seed=seed))
-        for seed in range(3)
+        for seed in range(10)
     ]
-    assert np.median(ours) >= reference - 1e-3, (ours, reference)
+    # Every seed, not the median: with half today's budget, 2 of seeds 5-9 stopped lower.
+    assert min(ours) >= reference - 1e-3, (ours, reference)
 
 
 def _wine_raw():
