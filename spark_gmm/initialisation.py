@@ -120,8 +120,8 @@ EXTRA_STARTS = (
 )
 MAX_STARTS = 100
 # A small table's budget, in rounds of STARTS at SHORT_EM_ROWS rows. With one round (and
-# 50 starts at most), breast cancer and digits PCA 20 reached the best optimum in seeds
-# 0-4 but not in every five seeds of 0-19 (benchmarks/init_robustness.py).
+# 50 starts at most), breast cancer and digits PCA 20 met init_quality.py's targets in
+# seeds 0-4 but not in every five seeds of 0-19 (benchmarks/init_robustness.py).
 BUDGET_ROUNDS = 2
 # A component whose smallest variance is at most this many times reg_covar is "at the
 # floor": more than half of that variance is the regulariser.
