@@ -50,7 +50,6 @@ from init_quality import BEST50_OFF_FLOOR, REFERENCES, load_datasets
 import spark_gmm.initialisation as initialisation
 from spark_gmm.em import InMemoryData, fit_em
 from spark_gmm.errors import GaussianMixtureError
-from spark_gmm.gaussian import block_statistics, m_step
 from spark_gmm.initialisation import Start, _Columns, _start
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,17 +74,13 @@ def label(start: Start) -> str:
 
 
 def converge(params: Any, X: np.ndarray, w: np.ndarray) -> float:
-    """EM to convergence from ``params`` (at most 1000 iterations): the last mean
-    log-likelihood."""
-    last = current = -np.inf
-    for _ in range(1000):
-        stats = block_statistics(X, w, params)
-        current = stats.log_likelihood / stats.total_weight
-        params = m_step(stats, 1e-6)
-        if abs(current - last) < 1e-8:
-            break
-        last = current
-    return float(current)
+    """The library's EM to convergence from ``params`` (tol 1e-8, at most 1000
+    iterations): the mean log-likelihood of the parameters it ends at."""
+    res = fit_em(
+        InMemoryData(X, w, n_blocks=1), params.n_components, params.covariance_type,
+        max_iter=1000, tol=1e-8, initial_params=params,
+    )
+    return float(res.log_likelihood / res.total_weight)
 
 
 def basins(X: np.ndarray, k: int, runs: int, target: float) -> list[dict[str, Any]]:
@@ -117,25 +112,19 @@ def basins(X: np.ndarray, k: int, runs: int, target: float) -> list[dict[str, An
 
 @contextmanager
 def budget(multiplier: float, extra: tuple[Start, ...] | None = None) -> Iterator[None]:
-    """The default's schedule with ``multiplier`` x the budget and the cap on starts
-    (and, if given, the added starts cycling through ``extra``)."""
-    schedule, extra_starts = initialisation.short_em_schedule, initialisation.EXTRA_STARTS
-
-    def scaled(n_rows: int) -> tuple[int, int]:
-        _, base = schedule(n_rows)
-        total = int(base * multiplier)
-        affordable = total // (2 * initialisation.SHORT_EM_ITERATIONS * max(1, n_rows))
-        cap = int(initialisation.MAX_STARTS * multiplier)
-        return int(min(cap, max(len(initialisation.STARTS), affordable))), total
-
-    initialisation.short_em_schedule = scaled  # type: ignore[assignment]
+    """The library's schedule with ``multiplier`` x its budget (``BUDGET_ROUNDS``) and
+    its cap on starts (``MAX_STARTS``), and, if given, the added starts cycling through
+    ``extra``."""
+    saved = initialisation.BUDGET_ROUNDS, initialisation.MAX_STARTS, initialisation.EXTRA_STARTS
+    initialisation.BUDGET_ROUNDS = round(saved[0] * multiplier)
+    initialisation.MAX_STARTS = round(saved[1] * multiplier)
     if extra is not None:
         initialisation.EXTRA_STARTS = extra
     try:
         yield
     finally:
-        initialisation.short_em_schedule = schedule  # type: ignore[assignment]
-        initialisation.EXTRA_STARTS = extra_starts
+        (initialisation.BUDGET_ROUNDS, initialisation.MAX_STARTS,
+         initialisation.EXTRA_STARTS) = saved
 
 
 def default_fits(
