@@ -20,6 +20,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,11 +56,36 @@ def machine() -> dict[str, Any]:
         except ImportError:
             pass
     return {
+        **provenance(),
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "ram_gib": round(mem_kib / 2**20, 1),
         "versions": versions,
+    }
+
+
+def provenance() -> dict[str, Any]:
+    """The commit a run measured, whether the tree had uncommitted changes to tracked
+    files (a dirty run measures code no commit holds), and the command that ran."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        commit, status = "unknown", ""
+    return {
+        "commit": commit,
+        "dirty": bool(status.strip()),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
 
 

@@ -22,8 +22,10 @@ current means during EM), never as raw second moments, so the subtraction
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -105,6 +107,16 @@ class MixtureParameters:
     @property
     def n_features(self) -> int:
         return int(self.means.shape[1])
+
+    @functools.cached_property
+    def diag_terms(self) -> _DiagTerms:
+        """The diag/spherical GEMM coefficients of these parameters, computed on first use
+        (once per iteration, not per block); the arrays are not to be changed in place."""
+        return _DiagTerms.of(self)
+
+    def __getstate__(self) -> dict[str, object]:
+        # The cached terms are rebuilt where they are used, not shipped in broadcasts.
+        return {key: value for key, value in self.__dict__.items() if key != "diag_terms"}
 
     @classmethod
     def from_covariances(
@@ -323,12 +335,18 @@ def _log_gaussian_prob_t(
     XT: Array, means: Array, precisions_chol: Array, covariance_type: str
 ) -> Array:
     """:func:`estimate_log_gaussian_prob` on ``XT`` of shape (d, n), returning (k, n)."""
-    d = XT.shape[0]
-    log_prob = _squared_mahalanobis_t(XT, means, precisions_chol, covariance_type)
-    log_prob *= -0.5
+    sq = _squared_mahalanobis_t(XT, means, precisions_chol, covariance_type)
+    return _log_gaussian_from_squared_t(sq, precisions_chol, covariance_type, XT.shape[0])
+
+
+def _log_gaussian_from_squared_t(
+    sq: Array, precisions_chol: Array, covariance_type: str, d: int
+) -> Array:
+    """Log-densities (k, n) from the squared Mahalanobis distances ``sq`` (overwritten)."""
+    sq *= -0.5
     log_det = _log_det_cholesky(precisions_chol, covariance_type, d)
-    log_prob += (np.asarray(log_det) - 0.5 * d * _LOG_2PI).reshape(-1, 1)
-    return log_prob
+    sq += (np.asarray(log_det) - 0.5 * d * _LOG_2PI).reshape(-1, 1)
+    return sq
 
 
 # Rows per chunk of the E-step: a chunk's (k * d, rows) whitened residuals stay around
@@ -393,27 +411,207 @@ def _squared_mahalanobis_t(
             y *= y
             np.add.reduce(y.reshape(k, d, -1), axis=1, out=sq[:, rows])
         return sq
-    # Diagonal and spherical: |(x - mu_j) * p_j|^2 expanded around ref into two GEMMs,
-    # p_j^2 . xc^2 - 2 (p_j^2 mc_j) . xc + p_j^2 . mc_j^2 with xc = x - ref and
-    # mc_j = mu_j - ref, instead of k * d elementwise residuals per row (measured 5x
-    # faster at k = d = 32). The expansion cancels: its rounding error is ~eps times
-    # |(x - ref) * p_j|^2, i.e. grows with the square of a row's distance from ref in
-    # units of the component's spread, against |(x - mu_j) * p_j| for the residual form:
-    # ~1e-14 relative on the benchmark data, ~1e-8 absolute for a row 1e4 standard
-    # deviations from ref. The statistics themselves stay centred on each mean.
-    prec2 = np.broadcast_to(
-        precisions_chol**2 if covariance_type == "diag" else precisions_chol[:, None] ** 2,
-        (k, d),
-    )
-    linear = 2.0 * prec2 * centred_means
-    constant = np.einsum("kd,kd->k", prec2, centred_means * centred_means)[:, None]
-    xc = XT - ref[:, None]
-    np.matmul(prec2, xc * xc, out=sq)
-    sq -= linear @ xc
-    sq += constant
-    # Rounding can leave a row sitting on a mean with a tiny negative distance.
-    np.maximum(sq, 0.0, out=sq)
+    # Diagonal and spherical: the expansion around ref as one GEMM (see
+    # _diag_features_t); its rounding is discussed there.
+    params = MixtureParameters(np.ones(k), means, np.empty(0), precisions_chol, covariance_type)
+    terms = _DiagTerms.of(params)
+    return terms.squared_t(_diag_features_t(XT, terms.ref, covariance_type))
     return sq
+
+
+# Diagonal and spherical covariances: the E-step and the statistics as GEMMs.
+#
+# With xc = x - ref (ref: the mean of the means) and mc_j = mu_j - ref,
+#     |(x - mu_j) * p_j|^2 = p_j^2 . xc^2 - 2 (p_j^2 mc_j) . xc + p_j^2 . mc_j^2,
+# so every squared distance of a block is one product of a (k, 2d) matrix of
+# coefficients with the (2d, n) "features" [xc; xc^2] (spherical: p_j^2 is one number,
+# so the features are [xc; |xc|^2], d + 1 rows). The statistics are the transposed
+# product: resp (k, n) @ features' gives sum r xc and sum r xc^2 (spherical: sum r |xc|^2)
+# for every component at once, recentred on each mean in a (k, d) correction. Elementwise
+# residuals per component cost k * d operations per row outside BLAS; these products run
+# at BLAS speed (benchmarks/bench_kernels.py).
+#
+# The expansion cancels: the rounding error of a squared distance is ~eps |xc * p_j|^2,
+# and that of a component's scatter ~eps * sum r xc^2, i.e. relative to the scatter
+# sum r (x - mu_j)^2 itself ~eps (1 + |mc_j * p_j|^2) per feature: it grows with the
+# squared distance of the mean from ref in units of the component's spread. A component
+# whose mean lies further than sqrt(_EXACT_RATIO[dtype]) of its standard deviations
+# from ref in some feature (1000 in float64, ~1e-10 relative error left; ~32 in
+# float32, ~1e-4) has its statistics recomputed from float64 residuals, so they keep
+# the digits of the centred form whatever the data. The test uses the parameters, not
+# the block's sums: a block where a component has one or two rows has a noisy ratio.
+_EXACT_RATIO = {np.dtype(np.float64): 1e6, np.dtype(np.float32): 1e3}
+
+
+def _diag_features_t(XT: NDArray[np.floating], ref: Array, covariance_type: str) -> NDArray[np.floating]:
+    """``[xc; xc^2]`` (diag) or ``[xc; |xc|^2]`` (spherical) with ``xc = x - ref``.
+
+    Parameters
+    ----------
+    XT : ndarray of shape (d, n_samples)
+        float64 or float32; the features keep its dtype.
+    ref : ndarray of shape (d,)
+
+    Returns
+    -------
+    features : ndarray of shape (2 * d, n_samples) or (d + 1, n_samples)
+    """
+    d, n = XT.shape
+    extra = d if covariance_type == "diag" else 1
+    features = np.empty((d + extra, n), dtype=XT.dtype)
+    xc = features[:d]
+    np.subtract(XT, ref.astype(XT.dtype)[:, None], out=xc)
+    if covariance_type == "diag":
+        np.multiply(xc, xc, out=features[d:])
+    else:
+        np.einsum("dn,dn->n", xc, xc, out=features[d])
+    return features
+
+
+@dataclass(frozen=True)
+class _DiagTerms:
+    """What the diag and spherical GEMMs need of a set of parameters, computed once per
+    parameters (see :attr:`MixtureParameters.diag_terms`), not once per block.
+
+    Attributes
+    ----------
+    ref : ndarray of shape (d,)
+        The mean of the means; rows and means are centred on it.
+    centred_means : ndarray of shape (k, d)
+    coefficients : ndarray of shape (k, 2d) or (k, d + 1)
+        ``[-2 p_j^2 mc_j, p_j^2]``: times :func:`_diag_features_t`, the squared distances
+        less ``constant``.
+    constant : ndarray of shape (k,)
+        ``|mc_j p_j|^2``.
+    log_coefficients : dict of dtype to ndarray
+        ``-coefficients / 2`` in float64 and float32: times the features, the weighted
+        log-probabilities less ``log_bias`` (the scale is folded into the GEMM so that
+        one addition finishes them, instead of five passes over the (k, n) result).
+    log_bias : ndarray of shape (k,)
+        ``log w_j + log det(P_j)^(1/2) - d/2 log(2 pi) - constant_j / 2``.
+    far : dict of dtype to ndarray of shape (k,) of bool
+        Components whose statistics are recomputed from residuals (see
+        :data:`_EXACT_RATIO`), by the dtype of the features.
+    """
+
+    ref: Array
+    centred_means: Array
+    coefficients: Array
+    constant: Array
+    log_coefficients: dict[np.dtype[Any], NDArray[np.floating]]
+    log_bias: Array
+    far: dict[np.dtype[Any], NDArray[np.bool_]]
+
+    @classmethod
+    def of(cls, params: MixtureParameters) -> _DiagTerms:
+        means, precisions_chol = params.means, params.precisions_chol
+        covariance_type = params.covariance_type
+        k, d = means.shape
+        ref = means.mean(axis=0)
+        centred_means = means - ref
+        prec2 = precisions_chol**2
+        if covariance_type == "spherical":
+            prec2 = np.broadcast_to(prec2[:, None], means.shape)
+        coefficients = np.concatenate(
+            [-2.0 * prec2 * centred_means, prec2 if covariance_type == "diag" else prec2[:, :1]],
+            axis=1,
+        )
+        distance2 = prec2 * centred_means * centred_means
+        constant = distance2.sum(axis=1)
+        largest = distance2.max(axis=1) if means.size else np.zeros(k)
+        log_det = _log_det_cholesky(precisions_chol, covariance_type, d)
+        log_bias = _log_weights(params.weights) + log_det - 0.5 * d * _LOG_2PI - 0.5 * constant
+        log_coefficients = -0.5 * coefficients
+        return cls(
+            ref,
+            centred_means,
+            coefficients,
+            constant,
+            {np.dtype(np.float64): log_coefficients,
+             np.dtype(np.float32): log_coefficients.astype(np.float32)},
+            log_bias,
+            {dtype: largest > ratio for dtype, ratio in _EXACT_RATIO.items()},
+        )
+
+    def squared_t(self, features: NDArray[np.floating]) -> Array:
+        """Squared distances (k, n), float64, from :func:`_diag_features_t` around
+        :attr:`ref`."""
+        sq = (self.coefficients @ features).astype(np.float64, copy=False)
+        sq += self.constant[:, None]
+        # Rounding can leave a row sitting on a mean with a tiny negative distance.
+        np.maximum(sq, 0.0, out=sq)
+        return sq
+
+    def weighted_log_prob_t(self, features: NDArray[np.floating]) -> NDArray[np.floating]:
+        """``log p(x | j) + log w_j`` (k, n) from the features: one GEMM and one addition,
+        in the features' dtype (so is the result)."""
+        log_prob = self.log_coefficients[features.dtype] @ features
+        log_prob += self.log_bias.astype(features.dtype)[:, None]
+        return log_prob
+
+
+def _accumulate_diag_t(
+    XT: NDArray[np.floating],
+    features: NDArray[np.floating],
+    terms: _DiagTerms,
+    weighted_resp_t: Array,
+    stats: SufficientStatistics,
+) -> None:
+    """Add the diag or spherical statistics of a block to ``stats`` from its features.
+
+    Parameters
+    ----------
+    XT : ndarray of shape (d, n)
+        The block (for the components recomputed exactly).
+    features : ndarray of shape (2d, n) or (d + 1, n)
+        :func:`_diag_features_t` of ``XT`` around ``terms.ref``.
+    terms : _DiagTerms
+        Of the parameters the responsibilities came from, whose means are
+        ``stats.centres``.
+    weighted_resp_t : ndarray of shape (k, n)
+        ``w_i * r_ij``, in the features' dtype (or float64).
+    stats : SufficientStatistics
+        Updated in place, centred on its ``centres``. A spherical scatter is stored with
+        each component's total spread evenly over its d entries (the M-step uses their
+        mean).
+    """
+    d = XT.shape[0]
+    spherical = stats.covariance_type == "spherical"
+    nk = weighted_resp_t.sum(axis=1, dtype=np.float64)
+    sums = (weighted_resp_t.astype(features.dtype, copy=False) @ features.T).astype(
+        np.float64, copy=False
+    )
+    s1, s2 = sums[:, :d], sums[:, d:]
+    mc = terms.centred_means
+    # sk = s1 - nk mc and scatter = s2 - 2 mc s1 + nk mc^2 = s2 - mc (s1 + sk), formed in
+    # place: at k = 256, d = 768 each (k, d) temporary costs as much as 100 rows of GEMM.
+    sk = nk[:, None] * mc
+    np.subtract(s1, sk, out=sk)
+    if spherical:
+        scatter = s2[:, 0] - np.einsum("kd,kd->k", mc, s1 + sk)
+        scatter = scatter[:, None]
+    else:
+        s1 += sk
+        s1 *= mc
+        scatter = s2
+        scatter -= s1
+    inexact = np.flatnonzero(terms.far[features.dtype] & (nk > 0))
+    for j in inexact:
+        r = weighted_resp_t[j]
+        rows = np.flatnonzero(r)
+        r = r[rows].astype(np.float64)
+        diff = XT[:, rows].astype(np.float64) - stats.centres[j][:, None]
+        sk[j] = diff @ r
+        diff *= diff
+        if spherical:
+            scatter[j] = diff.sum(axis=0) @ r
+        else:
+            scatter[j] = diff @ r
+    stats.nk += nk
+    stats.sk += sk
+    if spherical:
+        scatter /= d
+    stats.scatter += scatter
 
 
 def _log_weights(weights: Array) -> Array:
@@ -435,12 +633,15 @@ def _weighted_log_prob_t(XT: Array, params: MixtureParameters) -> Array:
     return log_prob
 
 
-# exp() of an argument below log(smallest normal float64) returns a subnormal or 0
-# through a slow path, measured ~20-100x slower per element than a normal result; in a
-# separated mixture that is a large share of the elements. Such a responsibility is below
-# 2.3e-308 times the row's largest one and is set to exactly 0 instead (what a
-# flush-to-zero CPU mode does).
-_LOG_TINY = math.log(np.finfo(np.float64).tiny)
+# exp() of an argument near or below log(smallest normal float64), -708.4, leaves numpy's
+# vectorised loop for a slow path: measured 15-20x slower per element than a normal
+# result (benchmarks/bench_kernels.py's data: 2.6 ms against 0.14 ms for 256 x 682
+# values), and in a separated mixture most elements are there. A responsibility below
+# e^-700 (~1e-304) times the row's largest one is set to exactly 0 instead (what a
+# flush-to-zero CPU mode does, a little earlier), and exp() only sees arguments >= -700.
+# float32 (the diag/spherical float32 path): the same below e^-80 (~1.8e-35; float32's
+# smallest normal is e^-87.3).
+_LOG_NEGLIGIBLE = {np.dtype(np.float64): -700.0, np.dtype(np.float32): -80.0}
 
 
 def _log_normalize(weighted_log_prob: Array) -> tuple[Array, Array]:
@@ -462,26 +663,60 @@ def _log_normalize(weighted_log_prob: Array) -> tuple[Array, Array]:
 def _log_normalize_t(weighted_log_prob_t: Array) -> tuple[Array, Array]:
     """:func:`_log_normalize` on (k, n) values, overwritten by the responsibilities.
 
+    float64 or float32 (the float32 compute path); the results keep the input's dtype.
+
     Returns
     -------
     log_prob_norm : ndarray of shape (n_samples,)
     resp_t : ndarray of shape (k, n_samples)
         The input array.
     """
+    log_prob_norm, resp_t, _ = _log_normalize_counts_t(weighted_log_prob_t, counts=False)
+    return log_prob_norm, resp_t
+
+
+def _log_normalize_counts_t(
+    weighted_log_prob_t: NDArray[np.floating], counts: bool = True
+) -> tuple[NDArray[np.floating], NDArray[np.floating], Array | None]:
+    """:func:`_log_normalize_t`, and with ``counts`` how many rows have each component
+    as their most likely one (the first on a tie, as ``argmax``).
+
+    Returns
+    -------
+    log_prob_norm : ndarray of shape (n_samples,)
+    resp_t : ndarray of shape (k, n_samples)
+    counts : ndarray of shape (k,), float64, or None
+    """
     shifted = weighted_log_prob_t
+    negligible = _LOG_NEGLIGIBLE[shifted.dtype]
     top = np.max(shifted, axis=0)
-    top[~np.isfinite(top)] = 0.0
+    finite = np.isfinite(top)
+    all_finite = bool(finite.all())
+    if not all_finite:
+        top[~finite] = 0.0
     shifted -= top
-    negligible = shifted < _LOG_TINY
-    np.maximum(shifted, _LOG_TINY, out=shifted)
+    top_counts = None
+    if counts:
+        # argmax along the first axis of a (k, n) array walks it with a stride of n: at
+        # k = 256 it cost more than the log-sum-exp. The row maxima are the zeros here:
+        # every row with a finite maximum has at least one, so n zeros in all means one
+        # per row. A tie, or a row of only -inf or NaN, falls back to argmax.
+        top_counts = np.count_nonzero(shifted == 0.0, axis=1).astype(np.float64)
+        if not (all_finite and top_counts.sum() == shifted.shape[1]):
+            k = shifted.shape[0]
+            labels = np.argmax(shifted, axis=0)
+            top_counts = np.bincount(labels, minlength=k).astype(np.float64)
+    kept = shifted >= negligible
+    np.maximum(shifted, negligible, out=shifted)
     np.exp(shifted, out=shifted)
-    shifted[negligible] = 0.0
+    shifted *= kept  # exact zeros (a multiply by a mask beats a masked store 3x)
     total = np.sum(shifted, axis=0)
     with np.errstate(divide="ignore"):
         log_prob_norm = np.log(total)
+        inverse = 1.0 / total  # one division per row, then multiplies
     log_prob_norm += top
-    shifted /= total
-    return log_prob_norm, shifted
+    shifted *= inverse
+    return log_prob_norm, shifted, top_counts
 
 
 def score_t(XT: Array, params: MixtureParameters) -> tuple[Array, Array]:
@@ -539,7 +774,9 @@ class SufficientStatistics:
         ``sum_i w_i r_ij (x_i - centres[j])``.
     scatter : ndarray
         ``sum_i w_i r_ij (x_i - c_j)(x_i - c_j)'``: shape (k, d, d) for full, summed over
-        components to (d, d) for tied, its diagonal (k, d) for diag and spherical.
+        components to (d, d) for tied, its diagonal (k, d) for diag and spherical. A
+        spherical scatter means only its mean over the d features (its trace / d): the
+        kernels may store a component's total spread evenly over its d entries.
     log_likelihood : float
         ``sum_i w_i log p(x_i)`` under the parameters (0 for hard-assignment statistics).
     total_weight : float
@@ -736,7 +973,7 @@ def _accumulate_weighted_t(XT: Array, weighted_resp_t: Array, stats: SufficientS
 
     Rows whose weight for a component is exactly 0 add exactly 0 to its sums, so they
     are left out of that component's work. In a separated mixture most responsibilities
-    underflow to 0 (see :data:`_LOG_TINY`), and skipping them is exact: no threshold.
+    underflow to 0 (see :data:`_LOG_NEGLIGIBLE`), and skipping them is exact: no threshold.
     """
     n = XT.shape[1]
     covariance_type = stats.covariance_type
@@ -851,11 +1088,21 @@ def block_statistics(
             k = params.n_components
             _merge_entropies(np.zeros((k, 0)), None, merge_pairs, np.zeros(k), stats)
         return stats
-    XT = np.ascontiguousarray(X.T)
-    log_prob_norm, resp_t = _log_normalize_t(_weighted_log_prob_t(XT, params))
-    stats.counts = np.bincount(np.argmax(resp_t, axis=0), minlength=params.n_components).astype(
-        np.float64
-    )
+    diagonal = params.covariance_type in ("diag", "spherical")
+    if diagonal and X.dtype == np.float32:
+        XT = np.ascontiguousarray(X.T)  # the float32 compute path: float32 GEMMs
+    else:
+        XT = np.ascontiguousarray(X.T, dtype=np.float64)
+    if diagonal:
+        # The features serve both the E-step and the statistics (two GEMMs in all).
+        terms = params.diag_terms
+        features = _diag_features_t(XT, terms.ref, params.covariance_type)
+        weighted_log_prob = terms.weighted_log_prob_t(features)
+    else:
+        weighted_log_prob = _weighted_log_prob_t(XT, params)
+    log_prob_norm, resp_t, counts = _log_normalize_counts_t(weighted_log_prob)
+    assert counts is not None
+    stats.counts = counts
     if resp_log_resp or merge_pairs is not None:
         logs = np.zeros_like(resp_t)
         np.log(resp_t, out=logs, where=resp_t > 0.0)  # 0 log 0 = 0
@@ -868,13 +1115,16 @@ def block_statistics(
             del logs
             _merge_entropies(resp_t, sample_weight, merge_pairs, by_component, stats)
     if sample_weight is None:
-        stats.log_likelihood = float(log_prob_norm.sum())
+        stats.log_likelihood = float(log_prob_norm.sum(dtype=np.float64))
         stats.total_weight = float(n)
     else:
-        stats.log_likelihood = float(sample_weight @ log_prob_norm)
+        stats.log_likelihood = float(sample_weight @ log_prob_norm.astype(np.float64))
         stats.total_weight = float(sample_weight.sum())
         resp_t *= sample_weight
-    _accumulate_weighted_t(XT, resp_t, stats)
+    if diagonal:
+        _accumulate_diag_t(XT, features, terms, resp_t, stats)
+    else:
+        _accumulate_weighted_t(XT, resp_t, stats)
     return stats
 
 
