@@ -44,10 +44,10 @@ import threadpoolctl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import timing  # noqa: E402
+import timing
 
-from spark_gmm.gaussian import MixtureParameters, block_statistics  # noqa: E402
-from spark_gmm.kernels import kernel_rows  # noqa: E402
+from spark_gmm.gaussian import MixtureParameters, block_statistics
+from spark_gmm.kernels import kernel_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -105,9 +105,7 @@ def make_case(covariance_type: str, d: int, k: int, seed: int = 0) -> tuple[Any,
     return params, means[labels] + noise
 
 
-def floor_gemms(
-    covariance_type: str, d: int, k: int, n: int, dtype: str
-) -> Callable[[], None]:
+def floor_gemms(covariance_type: str, d: int, k: int, n: int, dtype: str) -> Callable[[], None]:
     """The GEMMs the kernel cannot avoid, on random operands of the same shapes."""
     rng = np.random.default_rng(1)
     compute = dtype if covariance_type in ("diag", "spherical") else "float64"
@@ -207,7 +205,9 @@ def main() -> None:
             row["x_float64"] = (
                 row["kernel_us_per_row"]["median"] / twin["kernel_us_per_row"]["median"]
             )
-    verdict = run.verdict({f"{n} {p}": rep for n, parts in reps.items() for p, rep in parts.items()})
+    verdict = run.verdict(
+        {f"{n} {p}": rep for n, parts in reps.items() for p, rep in parts.items()}
+    )
     payload = {
         "machine": timing.machine(),
         "blas": threadpoolctl.threadpool_info(),
@@ -240,7 +240,10 @@ def render(payload: dict[str, Any]) -> str:
         f"Commit {m['commit']}{' (dirty tree)' if m['dirty'] else ''}; `{m['command']}`; "
         f"{m['date_utc']}; {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB; numpy "
         f"{m['versions'].get('numpy')}, BLAS "
-        + ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})" for b in payload["blas"])
+        + ", ".join(
+            f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})"
+            for b in payload["blas"]
+        )
         + ".",
         "",
         "**Publishable.**"
@@ -252,13 +255,15 @@ def render(payload: dict[str, Any]) -> str:
         "the shapes the kernel needs, in the dtype it computes in; read floor: one "
         "`X.sum()` of the block. x floor = kernel / max(GEMM floor, read floor).",
         "",
-        "| case | n | kernel µs/row | GEMM floor | read floor | x floor | float32 / float64 | goal |",
+        "| case | n | kernel µs/row | GEMM floor | read floor | x floor | float32 / float64 "
+        "| goal |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in payload["cases"]:
         ratio = f"{row['x_float64']:.2f}" if "x_float64" in row else ""
         lines.append(
-            f"| {row['case']} | {row['n']} | {timing.fmt_range(row['kernel_us_per_row'], digits=2)} "
+            f"| {row['case']} | {row['n']} "
+            f"| {timing.fmt_range(row['kernel_us_per_row'], digits=2)} "
             f"| {row['gemm_floor_us_per_row']['median']:.2f} "
             f"| {row['read_floor_us_per_row']['median']:.3f} | {row['x_floor']:.2f} | {ratio} "
             f"| {goal(row)} |"

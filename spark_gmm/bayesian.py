@@ -327,7 +327,7 @@ class BayesianGaussianMixture(
                 init_mode=self.getInitMode(),
                 n_init=self.getNInit(),
                 seed=self.getSeed(),
-                init_sample_size=self.getInitSampleSize(),
+                init_sample_size=data.init_sample_size or self.getInitSampleSize(),
                 checkpoint=self._checkpointer(
                     data,
                     spec,

@@ -172,7 +172,8 @@ def resolve_features(
     -------
     spec : FeatureSpec
     columns : list of pyspark.sql.Column
-        ``_gmm_f0..`` doubles (or one ``array<double>``), then the weight as ``_gmm_w``.
+        ``_gmm_f0..`` doubles (or one ``array<double>``, ``array<float>`` for an array of
+        floats), then the weight as ``_gmm_w``.
     """
     from pyspark.ml.functions import vector_to_array
     from pyspark.ml.linalg import VectorUDT
@@ -215,7 +216,10 @@ def resolve_features(
             # (and skipped, kept or refused) like any invalid row.
             expr = F.when(vector.isNotNull(), vector_to_array(vector, "float64"))
         elif isinstance(dt, T.ArrayType) and is_numeric(dt.elementType):
-            expr = F.col(f"`{features_col}`").cast("array<double>")
+            # array<float> (how embeddings are stored) travels to Python as float32, half
+            # the bytes of double; it is widened there, exactly.
+            single = isinstance(dt.elementType, T.FloatType)
+            expr = F.col(f"`{features_col}`").cast("array<float>" if single else "array<double>")
         else:
             raise InvalidInputError(
                 f"Features column '{features_col}' has type {dt.simpleString()}; it must be "

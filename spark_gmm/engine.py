@@ -245,8 +245,9 @@ def merge_target(partition_bytes: Sequence[int], cores: int, max_partition_bytes
 
 
 # Every pass reads blocks through kernels.join_blocks: small cached blocks become
-# kernel-sized float64 blocks (float32 ones are widened there: the statistics are
-# float64 either way).
+# kernel-sized blocks. float32 ones stay float32: the diag and spherical kernels compute
+# in float32 on them (their statistics are still summed in float64); other tasks widen
+# them.
 
 
 def _rdd_blocks(records: Iterable[tuple]) -> Blocks:
@@ -598,6 +599,9 @@ class PreparedData:
         Rows read, problem counts and the range of every feature.
     n_bytes : int
         Bytes of the blocks (features in the block dtype, plus weights).
+    init_sample_size : int or None
+        Rows of the driver's initialisation sample, when the estimator chose it (a
+        default ``initSampleSize`` shrunk to fit the driver); None: ``initSampleSize``.
     """
 
     spark: Any
@@ -608,6 +612,7 @@ class PreparedData:
     aggregation_depth: int = 2
     summary: InputSummary | None = None
     n_bytes: int = 0
+    init_sample_size: int | None = None
 
     @property
     def n_features(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ComponentCollapseError",
     "ComponentNotPositiveDefiniteError",
+    "CostWarning",
     "GaussianMixtureError",
     "InvalidInputError",
     "MemoryGuardError",
@@ -30,6 +31,10 @@ class InvalidInputError(GaussianMixtureError):
 
 class MemoryGuardError(InvalidInputError):
     """A fit would need more memory than the Spark settings allow (see spark_gmm.guards)."""
+
+
+class CostWarning(UserWarning):
+    """A fit will run, but at a cost far above a cheaper setting (see spark_gmm.guards)."""
 
 
 class ComponentNotPositiveDefiniteError(GaussianMixtureError):

@@ -176,7 +176,7 @@ class GaussianMixture(
                 n_init=self.getNInit(),
                 seed=self.getSeed(),
                 initial_params=initial_params,
-                init_sample_size=self.getInitSampleSize(),
+                init_sample_size=data.init_sample_size or self.getInitSampleSize(),
                 checkpoint=self._checkpointer(
                     data,
                     spec,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 Array = NDArray[np.float64]
+# float64 or float32: the diag/spherical kernels keep a float32 block's dtype.
+Floats = NDArray[np.floating[Any]]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -440,10 +442,13 @@ def _squared_mahalanobis_t(
 # float32, ~1e-4) has its statistics recomputed from float64 residuals, so they keep
 # the digits of the centred form whatever the data. The test uses the parameters, not
 # the block's sums: a block where a component has one or two rows has a noisy ratio.
-_EXACT_RATIO = {np.dtype(np.float64): 1e6, np.dtype(np.float32): 1e3}
+_EXACT_RATIO: dict[np.dtype[Any], float] = {
+    np.dtype(np.float64): 1e6,
+    np.dtype(np.float32): 1e3,
+}
 
 
-def _diag_features_t(XT: NDArray[np.floating], ref: Array, covariance_type: str) -> NDArray[np.floating]:
+def _diag_features_t(XT: Floats, ref: Array, covariance_type: str) -> Floats:
     """``[xc; xc^2]`` (diag) or ``[xc; |xc|^2]`` (spherical) with ``xc = x - ref``.
 
     Parameters
@@ -478,15 +483,14 @@ class _DiagTerms:
     ref : ndarray of shape (d,)
         The mean of the means; rows and means are centred on it.
     centred_means : ndarray of shape (k, d)
-    coefficients : ndarray of shape (k, 2d) or (k, d + 1)
-        ``[-2 p_j^2 mc_j, p_j^2]``: times :func:`_diag_features_t`, the squared distances
-        less ``constant``.
     constant : ndarray of shape (k,)
         ``|mc_j p_j|^2``.
-    log_coefficients : dict of dtype to ndarray
-        ``-coefficients / 2`` in float64 and float32: times the features, the weighted
-        log-probabilities less ``log_bias`` (the scale is folded into the GEMM so that
-        one addition finishes them, instead of five passes over the (k, n) result).
+    log_coefficients : dict of dtype to ndarray of shape (k, 2d) or (k, d + 1)
+        ``[p_j^2 mc_j, -p_j^2 / 2]`` in float64 and float32: times
+        :func:`_diag_features_t`, minus half the squared distances less ``constant``;
+        so the weighted log-probabilities less ``log_bias`` (the -1/2 is folded into the
+        GEMM so that one addition finishes them, instead of five passes over the (k, n)
+        result).
     log_bias : ndarray of shape (k,)
         ``log w_j + log det(P_j)^(1/2) - d/2 log(2 pi) - constant_j / 2``.
     far : dict of dtype to ndarray of shape (k,) of bool
@@ -496,9 +500,8 @@ class _DiagTerms:
 
     ref: Array
     centred_means: Array
-    coefficients: Array
     constant: Array
-    log_coefficients: dict[np.dtype[Any], NDArray[np.floating]]
+    log_coefficients: dict[np.dtype[Any], Floats]
     log_bias: Array
     far: dict[np.dtype[Any], NDArray[np.bool_]]
 
@@ -525,7 +528,6 @@ class _DiagTerms:
         return cls(
             ref,
             centred_means,
-            coefficients,
             constant,
             {np.dtype(np.float64): log_coefficients,
              np.dtype(np.float32): log_coefficients.astype(np.float32)},
@@ -533,16 +535,17 @@ class _DiagTerms:
             {dtype: largest > ratio for dtype, ratio in _EXACT_RATIO.items()},
         )
 
-    def squared_t(self, features: NDArray[np.floating]) -> Array:
+    def squared_t(self, features: Floats) -> Array:
         """Squared distances (k, n), float64, from :func:`_diag_features_t` around
         :attr:`ref`."""
-        sq = (self.coefficients @ features).astype(np.float64, copy=False)
+        sq = (self.log_coefficients[np.dtype(np.float64)] @ features).astype(np.float64)
+        sq *= -2.0
         sq += self.constant[:, None]
         # Rounding can leave a row sitting on a mean with a tiny negative distance.
         np.maximum(sq, 0.0, out=sq)
         return sq
 
-    def weighted_log_prob_t(self, features: NDArray[np.floating]) -> NDArray[np.floating]:
+    def weighted_log_prob_t(self, features: Floats) -> Floats:
         """``log p(x | j) + log w_j`` (k, n) from the features: one GEMM and one addition,
         in the features' dtype (so is the result)."""
         log_prob = self.log_coefficients[features.dtype] @ features
@@ -551,10 +554,10 @@ class _DiagTerms:
 
 
 def _accumulate_diag_t(
-    XT: NDArray[np.floating],
-    features: NDArray[np.floating],
+    XT: Floats,
+    features: Floats,
     terms: _DiagTerms,
-    weighted_resp_t: Array,
+    weighted_resp_t: Floats,
     stats: SufficientStatistics,
 ) -> None:
     """Add the diag or spherical statistics of a block to ``stats`` from its features.
@@ -672,12 +675,12 @@ def _log_normalize_t(weighted_log_prob_t: Array) -> tuple[Array, Array]:
         The input array.
     """
     log_prob_norm, resp_t, _ = _log_normalize_counts_t(weighted_log_prob_t, counts=False)
-    return log_prob_norm, resp_t
+    return cast(Array, log_prob_norm), cast(Array, resp_t)
 
 
 def _log_normalize_counts_t(
-    weighted_log_prob_t: NDArray[np.floating], counts: bool = True
-) -> tuple[NDArray[np.floating], NDArray[np.floating], Array | None]:
+    weighted_log_prob_t: Floats, counts: bool = True
+) -> tuple[Floats, Floats, Array | None]:
     """:func:`_log_normalize_t`, and with ``counts`` how many rows have each component
     as their most likely one (the first on a tie, as ``argmax``).
 
@@ -1113,7 +1116,9 @@ def block_statistics(
             logs *= resp_t
             by_component = logs.sum(axis=1) if sample_weight is None else logs @ sample_weight
             del logs
-            _merge_entropies(resp_t, sample_weight, merge_pairs, by_component, stats)
+            _merge_entropies(
+                cast(Array, resp_t), sample_weight, merge_pairs, by_component, stats
+            )
     if sample_weight is None:
         stats.log_likelihood = float(log_prob_norm.sum(dtype=np.float64))
         stats.total_weight = float(n)
@@ -1124,7 +1129,7 @@ def block_statistics(
     if diagonal:
         _accumulate_diag_t(XT, features, terms, resp_t, stats)
     else:
-        _accumulate_weighted_t(XT, resp_t, stats)
+        _accumulate_weighted_t(XT, cast(Array, resp_t), stats)
     return stats
 
 

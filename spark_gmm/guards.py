@@ -30,7 +30,14 @@ from typing import Any
 
 from spark_gmm.errors import MemoryGuardError
 
-__all__ = ["check_memory", "estimate_memory", "format_bytes", "memory_limits"]
+__all__ = [
+    "check_memory",
+    "estimate_memory",
+    "format_bytes",
+    "full_cost_warning",
+    "largest_sample_rows",
+    "memory_limits",
+]
 
 _FLOAT = 8  # bytes per float64
 _FRACTION = 0.5
@@ -38,7 +45,7 @@ _DEFAULT_MEMORY = "1g"
 _COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
-def _sizes(k: int, covariance_type: str, d: int) -> tuple[int, int, int, int]:
+def _sizes(k: int, covariance_type: str, d: int) -> tuple[int, int, int, int, int]:
     """Float counts of one candidate.
 
     Returns
@@ -51,6 +58,11 @@ def _sizes(k: int, covariance_type: str, d: int) -> tuple[int, int, int, int]:
         Its broadcast parameters (weights, means, Cholesky factors of the precisions).
     work : int
         Per-row work floats of its E-step and accumulation (times the block's rows).
+    derived : int
+        What a task derives from its parameters and keeps while it runs: for diag and
+        spherical the GEMM coefficients in float64 and float32 and the centred means
+        (``gaussian._DiagTerms``, ~4 k d); a block's accumulation adds as much again in
+        (k, 2d) sums and (k, d) temporaries.
     """
     if covariance_type not in _COVARIANCE_TYPES:
         raise ValueError(
@@ -66,7 +78,8 @@ def _sizes(k: int, covariance_type: str, d: int) -> tuple[int, int, int, int]:
     # log-densities, responsibilities, weighted responsibilities, log-sum-exp temporary
     # (n x k each); whitened / centred / scaled rows of one component (n x d each).
     work = 4 * k + 3 * d
-    return flat, scatter, params, work
+    derived = 4 * k * d if covariance_type in ("diag", "spherical") else 0
+    return flat, scatter, params, work, derived
 
 
 def estimate_memory(
@@ -106,12 +119,23 @@ def estimate_memory(
     total_flat = sum(s[0] for s in sizes)
     total_params = sum(s[2] for s in sizes)
     block = 2 * n * (d + 1)
-    largest = max(s[1] + s[0] + n * s[3] for s in sizes)
-    executor = block + 2 * total_params + 3 * total_flat + largest
+    largest = max(s[1] + s[0] + n * s[3] + s[4] for s in sizes)
+    derived = sum(s[4] for s in sizes)
+    executor = block + 2 * total_params + derived + 3 * total_flat + largest
     m_step = sum(4 * s[1] + 2 * int(k) * d + int(k) for s, (k, _) in zip(sizes, shapes))
     sample = 3 * max(0, int(sample_rows)) * (d + 2)
     driver = 4 * total_flat + 2 * total_params + m_step + sample
     return executor * _FLOAT, driver * _FLOAT
+
+
+def largest_sample_rows(
+    shapes: Sequence[tuple[int, str]], n_features: int, *, block_rows: int, driver_limit: int
+) -> int:
+    """The most initialisation-sample rows the driver can hold beside the rest of a pass
+    (:func:`estimate_memory` is linear in them); 0 when even no sample fits."""
+    _, base = estimate_memory(shapes, n_features, block_rows=block_rows)
+    per_row = 3 * _FLOAT * (int(n_features) + 2)
+    return max(0, (int(driver_limit) - base) // per_row)
 
 
 def format_bytes(n: float) -> str:
@@ -176,6 +200,44 @@ def check_memory(
         f"executor task (limit {format_bytes(executor_limit)}) and {format_bytes(driver)} "
         f"on the driver (limit {format_bytes(driver_limit)}). Try {', '.join(hints[:-1])} "
         f"or {hints[-1]}."
+    )
+
+
+# One core's time per row of the E-step and statistics, per unit of k·d² (full) and of
+# k·d (diag), from benchmarks/results/kernels.md (the largest of its float64 full cases,
+# and of its diag cases at d >= 256). Used to warn, not to refuse: a fit that is only
+# slow is the user's call.
+FULL_SECONDS_PER_KDD = 1.2e-10
+DIAG_SECONDS_PER_KD = 2.4e-10
+# Warn when full costs more than this per row and core (i.e. more than 50 core-seconds
+# per iteration per million rows) ...
+FULL_WARN_SECONDS_PER_ROW = 50e-6
+
+
+def full_cost_warning(shapes: Sequence[tuple[int, str]], n_features: int) -> str | None:
+    """The warning a full-covariance candidate deserves at this width, or None.
+
+    ``covarianceType='full'`` costs ~k·d² multiply-adds per row and iteration against
+    ~k·d for ``diag``: at embedding widths (d in the hundreds) that is hours of cores per
+    iteration per million rows.
+    """
+    d = int(n_features)
+    full = [int(k) for k, ct in shapes if ct == "full"]
+    if not full:
+        return None
+    k = max(full)
+    per_row = FULL_SECONDS_PER_KDD * k * d * d
+    if per_row <= FULL_WARN_SECONDS_PER_ROW:
+        return None
+    diag = DIAG_SECONDS_PER_KD * k * d
+    return (
+        f"covarianceType='full' with k={k} on d={d} features costs about "
+        f"{per_row * 1e3:.3g} ms per row per core for every EM iteration (k·d² = "
+        f"{k * d * d:.3g} multiply-adds; {per_row * 1e6 / 3600:.3g} core-hours per "
+        f"iteration per million rows, measured in benchmarks/results/kernels.md), against "
+        f"about {diag * 1e6:.3g} µs for covarianceType='diag' ({per_row / diag:.0f}x less). "
+        "Use 'diag' or 'spherical', or reduce the features first (a PCA stage in the "
+        "Pipeline, e.g. to 32-64 dimensions) if correlations between features matter."
     )
 
 

@@ -68,7 +68,9 @@ class EMTask:
 
     def statistics(self, X: Array, w: Array | None) -> SufficientStatistics:
         if self.missing:  # a block with nothing missing goes to block_statistics there
-            return block_statistics_missing(X, w, self.params)
+            return block_statistics_missing(as_float64(X), w, self.params)
+        # float32 blocks stay float32 for diag and spherical (the float32 compute path);
+        # block_statistics widens them for full and tied.
         return block_statistics(X, w, self.params)
 
     def unflatten(self, flat: Array) -> SufficientStatistics:
@@ -98,8 +100,11 @@ class VariationalTask:
         return size + 1
 
     def statistics(self, X: Array, w: Array | None) -> _WithEntropy:
+        # float64 arithmetic: the variational bound is compared across passes to ~1e-10.
         return _WithEntropy(
-            block_statistics(X, w, self.params, resp_log_resp=True, merge_pairs=self.merge_pairs)
+            block_statistics(
+                as_float64(X), w, self.params, resp_log_resp=True, merge_pairs=self.merge_pairs
+            )
         )
 
     def unflatten(self, flat: Array) -> SufficientStatistics:
@@ -139,6 +144,7 @@ class HardTask:
         return SufficientStatistics.flat_size(self.covariance_type, k, d)
 
     def statistics(self, X: Array, w: Array | None) -> SufficientStatistics:
+        X = as_float64(X)
         if np.isnan(X).any():
             X = _complete_with_nearest(X, self.centres)
         return hard_assignment_statistics(X, w, self.centres, self.covariance_type)
@@ -163,6 +169,7 @@ class RandomTask:
         return SufficientStatistics.flat_size(self.covariance_type, self.k, self.centre.shape[0])
 
     def statistics(self, X: Array, w: Array | None) -> SufficientStatistics:
+        X = as_float64(X)
         base = row_hash(X, w, self.seed)
         resp = np.empty((X.shape[0], self.k))
         for j in range(self.k):
@@ -206,6 +213,7 @@ class ScoreTask:
         return 2 + self.params.n_components
 
     def statistics(self, X: Array, w: Array | None) -> _Score:
+        X = as_float64(X)
         if self.missing and np.isnan(X).any():
             log_prob_norm, resp = score_and_proba_missing(X, self.params)
         else:
@@ -262,7 +270,7 @@ class MomentsTask:
         return 1 + d + d * d
 
     def statistics(self, X: Array, w: Array | None) -> Moments:
-        Xc = X - self.centre
+        Xc = as_float64(X) - self.centre
         weights = np.ones(X.shape[0]) if w is None else w
         scatter = (Xc * weights[:, None]).T @ Xc
         return Moments(float(weights.sum()), self.centre, weights @ Xc, scatter)
@@ -304,11 +312,14 @@ def kernel_rows(n_features: int) -> int:
 
 def join_blocks(
     blocks: Iterable[tuple[NDArray[Any], Array | None]], min_rows: int | None = None
-) -> Iterator[tuple[Array, Array | None]]:
-    """Consecutive blocks joined into float64, column-major blocks of ``min_rows`` or more.
+) -> Iterator[tuple[NDArray[Any], Array | None]]:
+    """Consecutive blocks joined into column-major blocks of ``min_rows`` or more.
 
-    A block that is already large enough, float64 and column-major passes through
-    without a copy; smaller ones (or float32 ones) are copied once into a new block.
+    float32 blocks stay float32 (the diag and spherical kernels compute in float32 on
+    them; every other task widens them, see :func:`as_float64`); anything else becomes
+    float64. A block that is already large enough, of one of those dtypes and
+    column-major passes through without a copy; smaller ones are copied once into a new
+    block.
 
     Parameters
     ----------
@@ -326,7 +337,7 @@ def join_blocks(
         if target is None:
             target = kernel_rows(X.shape[1])
         if not pending and X.shape[0] >= target:
-            yield _column_major_float64(X), w
+            yield _column_major(X), w
             continue
         pending.append((X, w))
         rows += X.shape[0]
@@ -337,16 +348,31 @@ def join_blocks(
         yield _join(pending, rows)
 
 
-def _column_major_float64(X: NDArray[Any]) -> Array:
-    if X.dtype == np.float64 and X.flags.f_contiguous:
+def as_float64(X: NDArray[Any]) -> Array:
+    """``X`` as a float64 array of the same layout (no copy when it already is one)."""
+    if X.dtype == np.float64:
         return X
-    return np.asfortranarray(X, dtype=np.float64)
+    return np.asarray(X, dtype=np.float64, order="F" if X.flags.f_contiguous else "C")
 
 
-def _join(parts: list[tuple[NDArray[Any], Array | None]], rows: int) -> tuple[Array, Array | None]:
+def _kernel_dtype(dtype: np.dtype[Any]) -> type[np.floating[Any]]:
+    return np.float32 if dtype == np.float32 else np.float64
+
+
+def _column_major(X: NDArray[Any]) -> NDArray[Any]:
+    dtype = _kernel_dtype(X.dtype)
+    if X.dtype == dtype and X.flags.f_contiguous:
+        return X
+    return np.asfortranarray(X, dtype=dtype)
+
+
+def _join(
+    parts: list[tuple[NDArray[Any], Array | None]], rows: int
+) -> tuple[NDArray[Any], Array | None]:
     d = parts[0][0].shape[1]
+    float32 = all(X.dtype == np.float32 for X, _ in parts)
     # (d, rows) C-order is (rows, d) column-major: what the kernels want (X.T is free).
-    XT = np.empty((d, rows))
+    XT = np.empty((d, rows), dtype=np.float32 if float32 else np.float64)
     w = None if parts[0][1] is None else np.empty(rows)
     pos = 0
     for X, wp in parts:
@@ -424,7 +450,9 @@ def row_hash(X: Array, w: Array | None, seed: int) -> NDArray[np.uint64]:
     and ``0.0`` hash alike.
     """
     n, d = X.shape
-    bits = np.ascontiguousarray(X + 0.0).view(np.uint64)
+    # float32 values hash as the float64 they widen to (exactly), as before blocks
+    # kept their dtype.
+    bits = (np.ascontiguousarray(X, dtype=np.float64) + 0.0).view(np.uint64)
     with np.errstate(over="ignore"):
         h = np.full(n, mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0])
         for j in range(d):
@@ -455,7 +483,7 @@ def sample_rows(
     for X, w in blocks:
         u = hash_to_unit(row_hash(X, w, seed))
         keep = u < fraction
-        xs.append(X[keep])
+        xs.append(as_float64(X[keep]))
         ws.append(np.ones(int(keep.sum())) if w is None else w[keep])
         us.append(u[keep])
     if not xs:

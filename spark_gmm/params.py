@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 import zlib
 from typing import Any, TypeVar
 
@@ -288,12 +289,39 @@ class _MixtureFitParams(
         )
         if sample:
             try:
-                rows = min(self.getInitSampleSize(), data.n_rows)
+                rows = min(self._init_sample_rows(spark, shapes, spec.n_features), data.n_rows)
+                if rows < min(self.getInitSampleSize(), data.n_rows):
+                    data.init_sample_size = rows
                 _check_memory(spark, shapes, spec.n_features, block_rows, rows)
             except Exception:
                 data.release()
                 raise
         return data
+
+    def _init_sample_rows(self, spark: Any, shapes: list[tuple[int, str]], d: int) -> int:
+        """``initSampleSize``; left at its default on a wide table (embeddings), the
+        largest sample the driver's memory guard admits, if that is still at least
+        :data:`MIN_DEFAULT_SAMPLE_PER_COMPONENT` rows per component (at d=768 the default
+        100,000 rows take 1.8 GiB on the driver, counting the copies)."""
+        rows = self.getInitSampleSize()
+        if self.isSet(self.initSampleSize):
+            return rows  # the user's choice: the guard refuses it if it does not fit
+        from spark_gmm.guards import largest_sample_rows, memory_limits
+
+        _, driver_limit = memory_limits(spark)
+        block_rows = kernels.kernel_rows(d)
+        fits = largest_sample_rows(shapes, d, block_rows=block_rows, driver_limit=driver_limit)
+        k_max = max(k for k, _ in shapes)
+        if fits >= rows or fits < MIN_DEFAULT_SAMPLE_PER_COMPONENT * k_max:
+            return rows
+        log.info(
+            "initSampleSize: %d rows (not the default %d): the largest sample of %d features "
+            "the driver's memory admits (spark.driver.memory); set initSampleSize to choose",
+            fits,
+            rows,
+            d,
+        )
+        return fits
 
     def _opt(self, param: Param[Any]) -> Any:
         """Value of an optional param, None when unset or empty."""
@@ -519,11 +547,24 @@ def _digest(params: MixtureParameters) -> str:
     return h.hexdigest()[:16]
 
 
+# A default initSampleSize is shrunk to fit the driver only down to this many rows per
+# component; below that the guard refuses and says what to change.
+MIN_DEFAULT_SAMPLE_PER_COMPONENT = 20
+
+
 def _check_memory(
     spark: Any, shapes: list[tuple[int, str]], n_features: int, block_rows: int, sample_rows: int
 ) -> None:
-    """The memory guard (:mod:`spark_gmm.guards`), before any data pass."""
-    from spark_gmm.guards import check_memory, memory_limits
+    """The memory guard (:mod:`spark_gmm.guards`), before any data pass; and, once, the
+    cost warning of full covariances at embedding widths."""
+    from spark_gmm.errors import CostWarning
+    from spark_gmm.guards import check_memory, full_cost_warning, memory_limits
+
+    if sample_rows == 0:
+        cost = full_cost_warning(shapes, n_features)
+        if cost:
+            log.warning("%s", cost)
+            warnings.warn(cost, CostWarning, stacklevel=5)
 
     executor_limit, driver_limit = memory_limits(spark)
     check_memory(

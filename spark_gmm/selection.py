@@ -265,7 +265,7 @@ class GaussianMixtureSelector(
                 init_mode=self.getInitMode(),
                 n_init=self.getNInit(),
                 seed=self.getSeed(),
-                init_sample_size=self.getInitSampleSize(),
+                init_sample_size=data.init_sample_size or self.getInitSampleSize(),
                 checkpoint=self._checkpointer(data, spec, {"grid": [[k, t] for k, t in grid]}),
                 resume=self.getResumeFromCheckpoint(),
                 missing=self._marginalize(),

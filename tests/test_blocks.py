@@ -75,15 +75,21 @@ def test_float32_blocks_round_each_value_once():
     assert np.max(np.abs(block - X) / np.abs(X)) <= 2**-24
 
 
-def test_join_blocks_makes_column_major_float64_blocks_of_kernel_size():
+def test_join_blocks_makes_column_major_blocks_of_kernel_size_keeping_float32():
     rng = np.random.default_rng(1)
     parts = [(rng.normal(size=(n, 4)).astype(np.float32), rng.uniform(size=n)) for n in (3, 4, 5)]
     joined = list(join_blocks(iter(parts), min_rows=6))
     assert [X.shape[0] for X, _ in joined] == [7, 5]
     X0, w0 = joined[0]
-    assert X0.dtype == np.float64 and X0.flags.f_contiguous
-    assert np.array_equal(X0, np.vstack([parts[0][0], parts[1][0]]).astype(np.float64))
+    # float32 stays float32 (the diag/spherical float32 compute path), column-major.
+    assert X0.dtype == np.float32 and X0.flags.f_contiguous
+    assert np.array_equal(X0, np.vstack([parts[0][0], parts[1][0]]))
     assert np.array_equal(w0, np.concatenate([parts[0][1], parts[1][1]]))
+    # Other dtypes, or float32 joined with float64, become float64.
+    mixed = [(parts[0][0], None), (rng.normal(size=(4, 4)), None), (np.ones((2, 4), int), None)]
+    ((X1, _),) = join_blocks(iter(mixed), min_rows=9)
+    assert X1.dtype == np.float64 and X1.flags.f_contiguous
+    assert np.array_equal(X1, np.vstack([m[0] for m in mixed]).astype(np.float64))
     # A float64, column-major block that is large enough goes through without a copy.
     big = np.asfortranarray(rng.normal(size=(10, 4)))
     ((out, w),) = join_blocks(iter([(big, None)]), min_rows=6)

@@ -135,3 +135,100 @@ def test_check_memory_counts_the_initialisation_sample_on_the_driver():
             sample_rows=100_000,
         )
     assert "on the driver (limit 1.0 GiB)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "covariance_type, d, k, dtype",
+    [
+        ("diag", 768, 256, "float64"),
+        ("diag", 768, 256, "float32"),
+        ("spherical", 768, 256, "float64"),
+        ("diag", 256, 64, "float64"),
+        ("full", 64, 16, "float64"),
+    ],
+)
+def test_estimate_covers_the_measured_peak_of_a_kernel_block(covariance_type, d, k, dtype):
+    """The executor estimate is at least the peak numpy allocates (tracemalloc) while a
+    task holds its block and parameters and runs the kernel on it, at embedding widths
+    too (the k x d terms derived from the parameters, the (k, n) responsibilities, the
+    (2d, n) features); and within a small multiple of it."""
+    import pickle
+    import tracemalloc
+
+    import numpy as np
+
+    from spark_gmm.gaussian import MixtureParameters, block_statistics
+    from spark_gmm.kernels import EMTask, kernel_rows
+
+    rng = np.random.default_rng(0)
+    n = kernel_rows(d)
+    means = rng.normal(size=(k, d))
+    covariances = {
+        "diag": rng.uniform(0.5, 2.0, size=(k, d)),
+        "spherical": rng.uniform(0.5, 2.0, size=k),
+        "full": np.repeat(np.eye(d)[None], k, axis=0),
+    }[covariance_type]
+    params = MixtureParameters.from_covariances(
+        np.full(k, 1 / k), means, covariances, covariance_type
+    )
+    payload = pickle.dumps(EMTask(params))
+    tracemalloc.start()
+    try:
+        X = np.asfortranarray(rng.normal(size=(n, d)), dtype=dtype)
+        task = pickle.loads(payload)  # the broadcast, as a task unpickles it
+        flat = task.statistics(X, None).to_flat()
+        block_statistics(X, None, task.params)  # a second block: the cached terms reused
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert flat.size == task.flat_size
+    executor, _ = estimate_memory([(k, covariance_type)], d, block_rows=n)
+    assert peak <= executor, (format_bytes(peak), format_bytes(executor))
+    assert executor < 4 * peak, (format_bytes(peak), format_bytes(executor))
+
+
+def test_full_at_embedding_width_warns_with_its_cost_and_the_alternatives(spark):
+    """covarianceType='full' at d=768 warns (before any pass) with the cost per row and
+    per million rows, pointing to diag/spherical or a PCA stage; d=64 does not."""
+    import warnings
+
+    from spark_gmm.errors import CostWarning
+    from spark_gmm.guards import FULL_SECONDS_PER_KDD, full_cost_warning
+    from spark_gmm.kernels import kernel_rows
+    from spark_gmm.params import _check_memory
+
+    assert full_cost_warning([(16, "full")], 64) is None
+    assert full_cost_warning([(256, "diag")], 768) is None
+    msg = full_cost_warning([(8, "full"), (8, "diag")], 768)
+    assert msg is not None
+    per_row_ms = FULL_SECONDS_PER_KDD * 8 * 768**2 * 1e3
+    assert f"{per_row_ms:.3g} ms per row" in msg, msg
+    assert "k·d² = 4.72e+06" in msg and "'diag'" in msg and "PCA" in msg, msg
+    with pytest.warns(CostWarning, match="covarianceType='full' with k=8 on d=768"):
+        _check_memory(spark, [(8, "full")], 768, kernel_rows(768), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_memory(spark, [(8, "diag")], 768, kernel_rows(768), 0)
+
+
+def test_default_init_sample_shrinks_to_fit_the_driver_on_wide_tables(spark):
+    """At d=768, k=256 (an embedding table) the default initSampleSize (100,000 rows,
+    1.8 GiB with its copies) does not fit the 2g test driver's guard: the default
+    shrinks to the largest sample that does; a value the user set is kept and refused
+    with a message naming initSampleSize. At d=16 the default is unchanged."""
+    from spark_gmm import GaussianMixture
+    from spark_gmm.kernels import kernel_rows
+    from spark_gmm.params import MIN_DEFAULT_SAMPLE_PER_COMPONENT, _check_memory
+
+    shapes, d = [(256, "diag")], 768
+    est = GaussianMixture(k=256, covarianceType="diag")
+    rows = est._init_sample_rows(spark, shapes, d)
+    assert MIN_DEFAULT_SAMPLE_PER_COMPONENT * 256 <= rows < 100_000, rows
+    _check_memory(spark, shapes, d, kernel_rows(d), rows)  # fits
+    with pytest.raises(MemoryGuardError, match="a smaller initSampleSize"):
+        _check_memory(spark, shapes, d, kernel_rows(d), rows + 5_000)
+    chosen = GaussianMixture(k=256, covarianceType="diag", initSampleSize=100_000)
+    assert chosen._init_sample_rows(spark, shapes, d) == 100_000
+    with pytest.raises(MemoryGuardError, match="a smaller initSampleSize"):
+        _check_memory(spark, shapes, d, kernel_rows(d), 100_000)
+    assert GaussianMixture(k=8)._init_sample_rows(spark, [(8, "full")], 16) == 100_000
