@@ -449,7 +449,10 @@ _EXACT_RATIO: dict[np.dtype[Any], float] = {
 
 
 def _diag_features_t(XT: Floats, ref: Array, covariance_type: str) -> Floats:
-    """``[xc; xc^2]`` (diag) or ``[xc; |xc|^2]`` (spherical) with ``xc = x - ref``.
+    """``[xc; xc^2; 1]`` (diag) or ``[xc; |xc|^2; 1]`` (spherical) with ``xc = x - ref``.
+
+    The row of ones carries each component's constant through the E-step's GEMM and
+    gives ``nk`` in the statistics' GEMM, for two passes over (k, n) fewer.
 
     Parameters
     ----------
@@ -459,17 +462,18 @@ def _diag_features_t(XT: Floats, ref: Array, covariance_type: str) -> Floats:
 
     Returns
     -------
-    features : ndarray of shape (2 * d, n_samples) or (d + 1, n_samples)
+    features : ndarray of shape (2 * d + 1, n_samples) or (d + 2, n_samples)
     """
     d, n = XT.shape
     extra = d if covariance_type == "diag" else 1
-    features = np.empty((d + extra, n), dtype=XT.dtype)
+    features = np.empty((d + extra + 1, n), dtype=XT.dtype)
     xc = features[:d]
     np.subtract(XT, ref.astype(XT.dtype)[:, None], out=xc)
     if covariance_type == "diag":
-        np.multiply(xc, xc, out=features[d:])
+        np.multiply(xc, xc, out=features[d:-1])
     else:
         np.einsum("dn,dn->n", xc, xc, out=features[d])
+    features[-1] = 1.0
     return features
 
 
@@ -485,11 +489,10 @@ class _DiagTerms:
     centred_means : ndarray of shape (k, d)
     constant : ndarray of shape (k,)
         ``|mc_j p_j|^2``.
-    log_coefficients : dict of dtype to ndarray of shape (k, 2d) or (k, d + 1)
-        ``[p_j^2 mc_j, -p_j^2 / 2]`` in float64 and float32: times
-        :func:`_diag_features_t`, minus half the squared distances less ``constant``;
-        so the weighted log-probabilities less ``log_bias`` (the -1/2 is folded into the
-        GEMM so that one addition finishes them, instead of five passes over the (k, n)
+    log_coefficients : dict of dtype to ndarray of shape (k, 2d + 1) or (k, d + 2)
+        ``[p_j^2 mc_j, -p_j^2 / 2, log_bias_j]`` in float64 and float32: times
+        :func:`_diag_features_t`, the weighted log-probabilities (the -1/2 and the
+        constants are folded into the GEMM, instead of five passes over its (k, n)
         result).
     log_bias : ndarray of shape (k,)
         ``log w_j + log det(P_j)^(1/2) - d/2 log(2 pi) - constant_j / 2``.
@@ -524,7 +527,7 @@ class _DiagTerms:
         largest = distance2.max(axis=1) if means.size else np.zeros(k)
         log_det = _log_det_cholesky(precisions_chol, covariance_type, d)
         log_bias = _log_weights(params.weights) + log_det - 0.5 * d * _LOG_2PI - 0.5 * constant
-        log_coefficients = -0.5 * coefficients
+        log_coefficients = np.concatenate([-0.5 * coefficients, log_bias[:, None]], axis=1)
         return cls(
             ref,
             centred_means,
@@ -538,7 +541,9 @@ class _DiagTerms:
     def squared_t(self, features: Floats) -> Array:
         """Squared distances (k, n), float64, from :func:`_diag_features_t` around
         :attr:`ref`."""
-        sq = (self.log_coefficients[np.dtype(np.float64)] @ features).astype(np.float64)
+        sq = (self.log_coefficients[np.dtype(np.float64)][:, :-1] @ features[:-1]).astype(
+            np.float64
+        )
         sq *= -2.0
         sq += self.constant[:, None]
         # Rounding can leave a row sitting on a mean with a tiny negative distance.
@@ -546,11 +551,9 @@ class _DiagTerms:
         return sq
 
     def weighted_log_prob_t(self, features: Floats) -> Floats:
-        """``log p(x | j) + log w_j`` (k, n) from the features: one GEMM and one addition,
-        in the features' dtype (so is the result)."""
-        log_prob = self.log_coefficients[features.dtype] @ features
-        log_prob += self.log_bias.astype(features.dtype)[:, None]
-        return log_prob
+        """``log p(x | j) + log w_j`` (k, n) from the features: one GEMM, in the
+        features' dtype (so is the result)."""
+        return self.log_coefficients[features.dtype] @ features
 
 
 def _accumulate_diag_t(
@@ -566,7 +569,7 @@ def _accumulate_diag_t(
     ----------
     XT : ndarray of shape (d, n)
         The block (for the components recomputed exactly).
-    features : ndarray of shape (2d, n) or (d + 1, n)
+    features : ndarray of shape (2d + 1, n) or (d + 2, n)
         :func:`_diag_features_t` of ``XT`` around ``terms.ref``.
     terms : _DiagTerms
         Of the parameters the responsibilities came from, whose means are
@@ -580,11 +583,10 @@ def _accumulate_diag_t(
     """
     d = XT.shape[0]
     spherical = stats.covariance_type == "spherical"
-    nk = weighted_resp_t.sum(axis=1, dtype=np.float64)
     sums = (weighted_resp_t.astype(features.dtype, copy=False) @ features.T).astype(
         np.float64, copy=False
     )
-    s1, s2 = sums[:, :d], sums[:, d:]
+    s1, s2, nk = sums[:, :d], sums[:, d:-1], sums[:, -1].copy()
     mc = terms.centred_means
     # sk = s1 - nk mc and scatter = s2 - 2 mc s1 + nk mc^2 = s2 - mc (s1 + sk), formed in
     # place: at k = 256, d = 768 each (k, d) temporary costs as much as 100 rows of GEMM.
@@ -679,10 +681,15 @@ def _log_normalize_t(weighted_log_prob_t: Array) -> tuple[Array, Array]:
 
 
 def _log_normalize_counts_t(
-    weighted_log_prob_t: Floats, counts: bool = True
+    weighted_log_prob_t: Floats, counts: bool = True, exact_zeros: bool = True
 ) -> tuple[Floats, Floats, Array | None]:
     """:func:`_log_normalize_t`, and with ``counts`` how many rows have each component
     as their most likely one (the first on a tie, as ``argmax``).
+
+    Without ``exact_zeros`` a negligible responsibility is ``e^-700`` (float32:
+    ``e^-80``) times the row's largest instead of 0: one pass fewer, for the GEMM
+    kernels (diag, spherical), which gain nothing from zeros; the loop over components
+    of full and tied skips the rows whose weight is exactly 0.
 
     Returns
     -------
@@ -709,10 +716,11 @@ def _log_normalize_counts_t(
             k = shifted.shape[0]
             labels = np.argmax(shifted, axis=0)
             top_counts = np.bincount(labels, minlength=k).astype(np.float64)
-    kept = shifted >= negligible
+    kept = shifted >= negligible if exact_zeros else None
     np.maximum(shifted, negligible, out=shifted)
     np.exp(shifted, out=shifted)
-    shifted *= kept  # exact zeros (a multiply by a mask beats a masked store 3x)
+    if kept is not None:
+        shifted *= kept  # exact zeros (a multiply by a mask beats a masked store 3x)
     total = np.sum(shifted, axis=0)
     with np.errstate(divide="ignore"):
         log_prob_norm = np.log(total)
@@ -1103,7 +1111,9 @@ def block_statistics(
         weighted_log_prob = terms.weighted_log_prob_t(features)
     else:
         weighted_log_prob = _weighted_log_prob_t(XT, params)
-    log_prob_norm, resp_t, counts = _log_normalize_counts_t(weighted_log_prob)
+    log_prob_norm, resp_t, counts = _log_normalize_counts_t(
+        weighted_log_prob, exact_zeros=not diagonal
+    )
     assert counts is not None
     stats.counts = counts
     if resp_log_resp or merge_pairs is not None:
