@@ -1,7 +1,7 @@
 """The per-block kernels against their floors, on one core (issue 31).
 
-For every covariance type and shape, one kernel block (``kernels.kernel_rows(d)`` rows,
-what a task hands the kernel) drawn from the mixture itself goes through
+For every covariance type and shape, one kernel block (``kernels.kernel_rows(d, itemsize)``
+rows, what a task hands the kernel) drawn from the mixture itself goes through
 :func:`spark_gmm.gaussian.block_statistics` — the E-step and the statistics of one EM
 pass — and, in the same rounds, through two floors measured in this process:
 
@@ -75,7 +75,7 @@ TARGET_SECONDS = 0.2
 def make_case(covariance_type: str, d: int, k: int, seed: int = 0) -> tuple[Any, Any]:
     """Parameters with overlapping components and one kernel block drawn from them."""
     rng = np.random.default_rng(seed)
-    n = kernel_rows(d)
+    n = kernel_rows(d, 4)  # the most rows of either dtype
     weights = rng.dirichlet(np.full(k, 5.0))
     # Means ~2 standard deviations apart per feature: rows have several live
     # components, as in the first iterations of a fit.
@@ -161,7 +161,8 @@ def main() -> None:
             continue
         params, X64 = make_case(covariance_type, d, k)
         for dtype in DTYPES:
-            X = np.asfortranarray(X64, dtype=dtype)
+            # The engine's kernel block for this dtype (float32: twice the rows when wide).
+            X = np.asfortranarray(X64[: kernel_rows(d, np.dtype(dtype).itemsize)], dtype=dtype)
             name = f"{covariance_type} {d}x{k} {dtype}"
             cases[name] = {
                 "covariance_type": covariance_type,

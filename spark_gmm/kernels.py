@@ -305,9 +305,12 @@ KERNEL_BLOCK_ROWS = 8192
 KERNEL_BLOCK_BYTES = 4 << 20
 
 
-def kernel_rows(n_features: int) -> int:
-    """Rows of a kernel block for d features (:data:`KERNEL_BLOCK_ROWS`, fewer when wide)."""
-    return max(1, min(KERNEL_BLOCK_ROWS, KERNEL_BLOCK_BYTES // (8 * max(1, n_features))))
+def kernel_rows(n_features: int, itemsize: int = 8) -> int:
+    """Rows of a kernel block for d features of ``itemsize`` bytes
+    (:data:`KERNEL_BLOCK_ROWS`, fewer when wide; float32 blocks get twice the rows of
+    float64 ones within the same bytes, and their work arrays are float32 too)."""
+    budget = KERNEL_BLOCK_BYTES // (itemsize * max(1, n_features))
+    return max(1, min(KERNEL_BLOCK_ROWS, budget))
 
 
 def join_blocks(
@@ -335,7 +338,7 @@ def join_blocks(
         if X.shape[0] == 0:
             continue
         if target is None:
-            target = kernel_rows(X.shape[1])
+            target = kernel_rows(X.shape[1], 4 if X.dtype == np.float32 else 8)
         if not pending and X.shape[0] >= target:
             yield _column_major(X), w
             continue

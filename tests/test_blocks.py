@@ -99,6 +99,7 @@ def test_join_blocks_makes_column_major_blocks_of_kernel_size_keeping_float32():
 def test_kernel_rows_bounded_by_rows_and_bytes():
     assert kernel_rows(16) == KERNEL_BLOCK_ROWS
     assert kernel_rows(1000) == (4 << 20) // 8000
+    assert kernel_rows(1000, 4) == (4 << 20) // 4000  # float32: the same bytes
     assert kernel_rows(10**7) == 1
 
 
