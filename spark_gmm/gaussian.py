@@ -559,7 +559,8 @@ class _DiagTerms:
 def _accumulate_diag_t(
     XT: Floats,
     features: Floats,
-    terms: _DiagTerms,
+    centred_means: Array,
+    far: NDArray[np.bool_] | None,
     weighted_resp_t: Floats,
     stats: SufficientStatistics,
 ) -> None:
@@ -571,9 +572,13 @@ def _accumulate_diag_t(
         The block (for the components recomputed exactly).
     features : ndarray of shape (2d + 1, n) or (d + 2, n)
         :func:`_diag_features_t` of ``XT`` around ``terms.ref``.
-    terms : _DiagTerms
-        Of the parameters the responsibilities came from, whose means are
-        ``stats.centres``.
+    centred_means : ndarray of shape (k, d)
+        ``stats.centres`` less the reference point of the features.
+    far : ndarray of shape (k,) of bool, or None
+        The components to recompute from residuals (``_DiagTerms.far``: by the
+        parameters' spreads). None when there are no parameters yet (initialisation):
+        then those whose computed scatter is below ``1 / _EXACT_RATIO`` of the sums it
+        came from.
     weighted_resp_t : ndarray of shape (k, n)
         ``w_i * r_ij``, in the features' dtype (or float64).
     stats : SufficientStatistics
@@ -587,7 +592,7 @@ def _accumulate_diag_t(
         np.float64, copy=False
     )
     s1, s2, nk = sums[:, :d], sums[:, d:-1], sums[:, -1].copy()
-    mc = terms.centred_means
+    mc = centred_means
     # sk = s1 - nk mc and scatter = s2 - 2 mc s1 + nk mc^2 = s2 - mc (s1 + sk), formed in
     # place: at k = 256, d = 768 each (k, d) temporary costs as much as 100 rows of GEMM.
     sk = nk[:, None] * mc
@@ -600,7 +605,9 @@ def _accumulate_diag_t(
         s1 *= mc
         scatter = s2
         scatter -= s1
-    inexact = np.flatnonzero(terms.far[features.dtype] & (nk > 0))
+    if far is None:
+        far = np.any(s2 > _EXACT_RATIO[features.dtype] * scatter, axis=1)
+    inexact = np.flatnonzero(far & (nk > 0))
     for j in inexact:
         r = weighted_resp_t[j]
         rows = np.flatnonzero(r)
@@ -988,6 +995,12 @@ def _accumulate_weighted_t(XT: Array, weighted_resp_t: Array, stats: SufficientS
     """
     n = XT.shape[1]
     covariance_type = stats.covariance_type
+    if covariance_type in ("diag", "spherical"):
+        # The GEMM form (see _accumulate_diag_t) around the centres' mean.
+        ref = stats.centres.mean(axis=0)
+        features = _diag_features_t(XT, ref, covariance_type)
+        _accumulate_diag_t(XT, features, stats.centres - ref, None, weighted_resp_t, stats)
+        return
     stats.nk += weighted_resp_t.sum(axis=1)
     if covariance_type == "tied":
         _accumulate_tied_scatter_t(XT, weighted_resp_t, stats.centres, stats.scatter)
@@ -1137,7 +1150,9 @@ def block_statistics(
         stats.total_weight = float(sample_weight.sum())
         resp_t *= sample_weight
     if diagonal:
-        _accumulate_diag_t(XT, features, terms, resp_t, stats)
+        _accumulate_diag_t(
+            XT, features, terms.centred_means, terms.far[features.dtype], resp_t, stats
+        )
     else:
         _accumulate_weighted_t(XT, cast(Array, resp_t), stats)
     return stats
