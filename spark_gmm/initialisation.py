@@ -51,11 +51,13 @@ from numpy.typing import NDArray
 from spark_gmm.errors import GaussianMixtureError
 from spark_gmm.gaussian import (
     MixtureParameters,
+    SufficientStatistics,
     block_statistics,
     hard_assignment_statistics,
     m_step,
     nearest_centre,
 )
+from spark_gmm.kernels import kernel_rows
 from spark_gmm.kmeans import kmeans, kmeans_plusplus
 
 __all__ = [
@@ -361,8 +363,14 @@ def _advance(run: ShortRun, Xs: Array, ws: Array, reg_covar: float, iterations: 
     assert run.params is not None
     params = run.params
     last = run.mean_log_likelihood
+    # Kernel-sized blocks, as on the executors: at d = 768 one (2d + 1, n) block of
+    # features for all 20,000 rows would be 246 MB on the driver.
+    step = kernel_rows(Xs.shape[1])
     for _ in range(iterations):
-        stats = block_statistics(Xs, ws, params)
+        stats = SufficientStatistics.zeros(params.covariance_type, params.means)
+        for start in range(0, Xs.shape[0], step):
+            rows = slice(start, start + step)
+            stats.merge(block_statistics(Xs[rows], ws[rows], params))
         current = stats.log_likelihood / stats.total_weight
         params = m_step(stats, reg_covar)
         run.iterations += 1

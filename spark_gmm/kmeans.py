@@ -24,23 +24,25 @@ class _Distances:
     """Squared distances from every row to some of the rows, as one GEMM.
 
     ``|x - c|^2 = |x|^2 - 2 x.c + |c|^2`` on rows centred on their mean: one (n, d) x
-    (d, m) product instead of m passes of n x d residuals (at d = 768 k-means++ seeding
-    spent 40 s of a 60 s initialisation in those). The expansion's rounding is ~eps
-    (|x|^2 + |c|^2): distances below 1e-8 of that are recomputed from residuals, so a
-    row's distance to itself, or to a duplicate, is exactly 0 (which the seeding's "fewer
-    distinct rows than k" check relies on)."""
+    (d, m) product instead of m passes of n x d residuals (at d = 768 the seeding spent
+    40 s of a 60 s initialisation in those). The product is read from a float32 copy of
+    the centred rows: each seeding step reads all of them (a skinny GEMM, bound by memory
+    bandwidth), and half the bytes is half the time; the distances only weigh a random
+    draw. Its rounding is ~1e-7 (|x|^2 + |c|^2): distances below 1e-4 of that are
+    recomputed in float64 from the rows, so a row's distance to itself, or to a
+    duplicate, is exactly 0 (which the seeding's "fewer distinct rows than k" check
+    relies on)."""
 
     def __init__(self, X: Array) -> None:
         self.X = X
-        self.Xc = X - X.mean(axis=0)
-        self.norms = np.einsum("ij,ij->i", self.Xc, self.Xc)
+        self.centred = (X - X.mean(axis=0)).astype(np.float32)
+        self.norms = np.einsum("ij,ij->i", self.centred, self.centred, dtype=np.float64)
 
     def to_rows(self, rows: NDArray[np.intp]) -> Array:
         """(n, len(rows)) squared distances to ``X[rows]``."""
-        C = self.Xc[rows]
         scale = self.norms[:, None] + self.norms[rows][None, :]
-        sq = scale - 2.0 * (self.Xc @ C.T)
-        near_i, near_j = np.nonzero(sq <= 1e-8 * scale)
+        sq = scale - 2.0 * (self.centred @ self.centred[rows].T)
+        near_i, near_j = np.nonzero(sq <= 1e-4 * scale)
         if near_i.size:
             diff = self.X[near_i] - self.X[rows[near_j]]
             sq[near_i, near_j] = np.einsum("ij,ij->i", diff, diff)
