@@ -51,13 +51,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bench_suite
 import embeddings
 import timing
 
 RESULTS = Path(__file__).resolve().parent / "results" / "wide"
 SCRATCH = Path(os.environ.get("BENCH_SCRATCH", tempfile.gettempdir())) / "spark_gmm_wide"
 TABLE_ROWS, D, TABLE_K = 1_000_000, 768, 256
-CAP = 5
+CAP = bench_suite.CAP
 DEFAULT_BUDGET = 10
 TABLE_ITERATIONS = 5
 PARTITIONS = 8
@@ -154,29 +155,6 @@ def kmeans_fit(df: Any, k: int, max_iter: int) -> tuple[Any, float]:
     return model, time.perf_counter() - began
 
 
-def sklearn_per_iteration(X: np.ndarray, k: int) -> tuple[float, float]:
-    from sklearn.mixture import GaussianMixture
-
-    def fit(cap: int) -> tuple[float, Any]:
-        est = GaussianMixture(
-            n_components=k,
-            covariance_type="diag",
-            max_iter=cap,
-            tol=0.0,
-            random_state=0,
-            init_params="random_from_data",
-        )
-        began = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            est.fit(X)
-        return time.perf_counter() - began, est
-
-    short, _ = fit(1)
-    long, est = fit(CAP)
-    return (long - short) / (CAP - 1), float(est.score(X))
-
-
 def compare(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
 
@@ -224,7 +202,7 @@ def compare(args: argparse.Namespace) -> None:
         _, short = kmeans_fit(cached, k, 1)
         model, long = kmeans_fit(cached, k, CAP)
         add("MLlib KMeans per iteration", (long - short) / (CAP - 1))
-        seconds, score = sklearn_per_iteration(X, k)
+        seconds, score = bench_suite.sklearn_per_iteration(X, k, "diag", 0)
         add("sklearn diag per iteration", seconds)
         extra["loglik"]["sklearn diag"] = score
         # Whole default fits, same iteration budget, from the uncached file.
@@ -303,14 +281,10 @@ def render_compare(p: dict[str, Any]) -> str:
         f"iteration: fits capped at {s['cap']} iterations, tol=0. Default fits: "
         f"maxIter={s['default_budget']}, tol=0, from the uncached Parquet file.",
         "",
-        "| case | seconds |",
-        "|---|---|",
+        *timing.cases_table(p["cases"]),
+        "",
+        *timing.ratios_table(p["ratios_of_medians"]),
     ]
-    for name, rep in p["cases"].items():
-        lines.append(f"| {name} | {timing.fmt_range(rep)} |")
-    lines += ["", "| ratio of medians | value |", "|---|---|"]
-    for name, value in p["ratios_of_medians"].items():
-        lines.append(f"| {name} | {value:.2f} |")
     lines += [
         "",
         "Our default fit, by phase (seconds, each round):",

@@ -218,11 +218,8 @@ def render(p: dict[str, Any]) -> str:
         "",
         f"Seconds, median of {len(p['rounds'])} interleaved rounds (min to max).",
         "",
-        "| case | seconds |",
-        "|---|---|",
+        *timing.cases_table(p["cases"]),
     ]
-    for name, rep in p["cases"].items():
-        lines.append(f"| {name} | {timing.fmt_range(rep)} |")
     lines += [
         "",
         "The empty and read passes run functions shipped from the script (pickled by value)"
@@ -237,10 +234,7 @@ def render(p: dict[str, Any]) -> str:
     ]
     for name, value in p["breakdown_of_medians"].items():
         lines.append(f"| {name} | {value:.3f} |")
-    lines += ["", "| ratio of medians | value |", "|---|---|"]
-    for name, value in p["ratios_of_medians"].items():
-        lines.append(f"| {name} | {value:.2f} |")
-    lines.append("")
+    lines += ["", *timing.ratios_table(p["ratios_of_medians"]), ""]
     return "\n".join(lines)
 
 

@@ -185,3 +185,17 @@ def fmt_range(rep: dict[str, Any], unit: str = "", digits: int = 3) -> str:
     return (
         f"{rep['median']:.{digits}f}{unit} ({rep['min']:.{digits}f} to {rep['max']:.{digits}f})"
     )
+
+
+def cases_table(cases: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows ``| case | seconds |`` of :meth:`Repeats.summary` values."""
+    return ["| case | seconds |", "|---|---|"] + [
+        f"| {name} | {fmt_range(rep)} |" for name, rep in cases.items()
+    ]
+
+
+def ratios_table(ratios: dict[str, float]) -> list[str]:
+    """Markdown rows ``| ratio of medians | value |``."""
+    return ["| ratio of medians | value |", "|---|---|"] + [
+        f"| {name} | {value:.2f} |" for name, value in ratios.items()
+    ]

@@ -302,7 +302,7 @@ class _MixtureFitParams(
         """``initSampleSize``; left at its default on a wide table (embeddings), the
         largest sample the driver's memory guard admits, if that is still at least
         :data:`MIN_DEFAULT_SAMPLE_PER_COMPONENT` rows per component (at d=768 the default
-        100,000 rows take 1.8 GiB on the driver, counting the copies)."""
+        100,000 rows take 1.7 GiB on the driver, counting the copies)."""
         rows = self.getInitSampleSize()
         if self.isSet(self.initSampleSize):
             return rows  # the user's choice: the guard refuses it if it does not fit

@@ -213,7 +213,7 @@ def test_full_at_embedding_width_warns_with_its_cost_and_the_alternatives(spark)
 
 def test_default_init_sample_shrinks_to_fit_the_driver_on_wide_tables(spark):
     """At d=768, k=256 (an embedding table) the default initSampleSize (100,000 rows,
-    1.8 GiB with its copies) does not fit the 2g test driver's guard: the default
+    1.7 GiB with its copies) does not fit the 2g test driver's guard: the default
     shrinks to the largest sample that does; a value the user set is kept and refused
     with a message naming initSampleSize. At d=16 the default is unchanged."""
     from spark_gmm import GaussianMixture
