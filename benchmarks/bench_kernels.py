@@ -238,8 +238,8 @@ def render(payload: dict[str, Any]) -> str:
     lines = [
         "# Kernels against their floors (one core)",
         "",
-        f"Commit {m['commit']}{' (dirty tree)' if m['dirty'] else ''}; `{m['command']}`; "
-        f"{m['date_utc']}; {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB; numpy "
+        timing.provenance_line(m)
+        + f"; {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB; numpy "
         f"{m['versions'].get('numpy')}, BLAS "
         + ", ".join(
             f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})"

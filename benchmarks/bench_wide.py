@@ -269,8 +269,8 @@ def render_compare(p: dict[str, Any]) -> str:
     lines = [
         f"# Embedding table: {s['rows']:,} x {s['d']} float32 rows, k={s['k']}",
         "",
-        f"Commit {m['commit']}{' (dirty tree)' if m['dirty'] else ''}; `{m['command']}`; "
-        f"{m['date_utc']}; {m['cpu']}, {m['cores']} cores; local[2], driver 6g; "
+        timing.provenance_line(m)
+        + f"; {m['cpu']}, {m['cores']} cores; local[2], driver 6g; "
         f"{s['partitions']} partitions.",
         "",
         "**Publishable.**"
@@ -382,8 +382,8 @@ def render_table(p: dict[str, Any]) -> str:
         f"# The whole table: {s['rows']:,} x {s['d']} float32 rows "
         f"({s['file_bytes'] / 2**30:.2f} GiB of Parquet), k={s['k']}",
         "",
-        f"Commit {m['commit']}{' (dirty tree)' if m['dirty'] else ''}; `{m['command']}`; "
-        f"{m['date_utc']}; {m['cpu']}, {m['cores']} cores; local[2] with "
+        timing.provenance_line(m)
+        + f"; {m['cpu']}, {m['cores']} cores; local[2] with "
         f"spark.driver.memory={s['driver_memory']} (the executor in local mode). One run "
         "per covariance type (a capacity check, not a timing comparison).",
         "",

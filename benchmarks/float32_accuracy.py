@@ -71,8 +71,8 @@ def render(p: dict[str, Any]) -> str:
     lines = [
         "# float32 compute path: accuracy against float64 from the same start",
         "",
-        f"Commit {m['commit']}{' (dirty tree)' if m['dirty'] else ''}; `{m['command']}`; "
-        f"{m['date_utc']}. {p['iterations']} EM iterations, 1,500 x 256 embedding-like "
+        timing.provenance_line(m)
+        + f". {p['iterations']} EM iterations, 1,500 x 256 embedding-like "
         "rows, k=16, the same float32-rounded rows for both; relative differences of "
         "float32 blocks against float64 blocks (floors: 1e-3 of the data's scale).",
         "",

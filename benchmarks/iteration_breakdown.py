@@ -208,8 +208,8 @@ def render(p: dict[str, Any]) -> str:
         f"# Where an iteration goes: {s['rows']:,} x {s['d']}, k={s['k']}, "
         f"{s['covariance_type']}, {s['block_dtype']} blocks",
         "",
-        f"Commit {m['commit']}{' (dirty tree)' if m['dirty'] else ''}; `{m['command']}`; "
-        f"{m['date_utc']}; {m['cpu']}, {m['cores']} cores; local[2], driver 6g; the cached "
+        timing.provenance_line(m)
+        + f"; {m['cpu']}, {m['cores']} cores; local[2], driver 6g; the cached "
         f"input in {s['partitions']} partitions.",
         "",
         "**Publishable.**"

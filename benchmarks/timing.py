@@ -199,3 +199,9 @@ def ratios_table(ratios: dict[str, float]) -> list[str]:
     return ["| ratio of medians | value |", "|---|---|"] + [
         f"| {name} | {value:.2f} |" for name, value in ratios.items()
     ]
+
+
+def provenance_line(m: dict[str, Any]) -> str:
+    """``Commit <sha> (dirty tree); `<command>`; <date>`` from :func:`machine`."""
+    dirty = " (dirty tree)" if m["dirty"] else ""
+    return f"Commit {m['commit']}{dirty}; `{m['command']}`; {m['date_utc']}"
